@@ -1,0 +1,53 @@
+# paas: the two commands a newcomer runs are `make up` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+PYTEST := $(VENV)/bin/pytest
+# Debian packages the platform needs on a host, and the extra ones the suite and benchmarks need.
+DEBS_UP := redis-server git iptables
+DEBS_TEST := $(DEBS_UP) postgresql runc crun wrk nginx-light debootstrap busybox-static chromium
+
+.PHONY: up test check lint types bench venv debs-up debs-test clean
+
+$(VENV)/.installed: pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "paas: $(PYTHON) is needed" >&2; exit 1; }
+	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $@
+
+venv: $(VENV)/.installed
+
+debs-up:
+	@scripts/ensure-debs $(DEBS_UP)
+
+debs-test:
+	@scripts/ensure-debs $(DEBS_TEST)
+
+## Bring the whole platform up on this host with the embedded defaults.
+up: debs-up venv
+	@$(PY) manage.py up
+
+## The whole suite: SQLite pass over everything, then the PostgreSQL pass over the control plane.
+test: debs-test venv
+	@scripts/with-test-services bash -c '\
+	  $(PYTEST) -q && \
+	  echo "--- PostgreSQL pass ---" && \
+	  DATABASE_URL="$$PAAS_TEST_POSTGRES_URL" $(PYTEST) -q tests/controlplane tests/web'
+
+## Lint, types and the fast tests, for iteration.
+check: venv lint types
+	@scripts/with-test-services $(PYTEST) -q -x -m "not slow and not root"
+
+lint: venv
+	$(VENV)/bin/ruff check .
+
+types: venv
+	$(VENV)/bin/mypy runtime router builder platform/controlplane
+
+bench: debs-test venv
+	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV)

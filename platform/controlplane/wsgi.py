@@ -1,0 +1,18 @@
+"""WSGI entry point for gunicorn (`gunicorn controlplane.wsgi`)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+# platform/ is a source root: appended, never put in front of the standard library.
+_platform = str(Path(__file__).resolve().parents[1])
+if _platform not in sys.path:
+    sys.path.append(_platform)
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "controlplane.settings")
+
+from django.core.wsgi import get_wsgi_application  # noqa: E402
+
+application = get_wsgi_application()
