@@ -1,0 +1,211 @@
+"""Talk to the runtime daemon over its Unix socket.
+
+Protocol (version 1). The daemon listens on a Unix stream socket,
+`$PAAS_DATA_DIR/runtime/daemon.sock` by default (mode 0600: only root may drive it). A client
+writes one request as a single line of JSON and reads one or more lines of JSON back:
+
+    request:   {"op": "<operation>", ...arguments}
+    reply:     {"ok": true, "result": <value>}
+    failure:   {"ok": false, "error": "<plain-words message>", "kind": "<kind>"}
+
+`kind` is one of `invalid` (bad arguments or spec), `not_found` (no such container),
+`conflict` (the container is in the wrong state for the operation) or `internal`.
+
+Operations and their results:
+
+    ping                                        {"version": 1, "pid": int}
+    create   spec, layers, image_config         container          (state "created")
+    start    id                                 container          (state "running")
+    stop     id, timeout_s=10                   container          (SIGTERM, SIGKILL after timeout)
+    kill     id, signal="SIGKILL"               container
+    remove   id, force=false                    {"removed": id}
+    exec     id, command, env={}, timeout_s=60  {"exit_code": int, "stdout": str, "stderr": str}
+    list                                        [container, ...]
+    inspect  id                                 container
+    stats    id                                 {"memory_bytes", "memory_limit_bytes", "cpu_ns", "pids"}
+    logs     id, tail=100, follow=false         streamed, see below
+    events                                      streamed, see below
+
+`spec` is a container spec (see `runtime.spec.ContainerSpec`); `layers` the image's read-only
+layer directories, bottom first; `image_config` the image's OCI config object (its `config` part:
+`Env`, `Cmd`, `Entrypoint`, `WorkingDir`, `User`). A container is a JSON object:
+
+    {"id", "state", "pid", "exit_code", "oom", "ip", "created_at", "started_at",
+     "finished_at", "spec"}
+
+with `state` one of `created`, `running`, `exited`, `oom`; times are seconds since the epoch.
+
+Streamed operations (`logs`, `events`) reply with one line per item, each `{"ok": true,
+"item": {...}}`, and a final `{"ok": true, "end": true}` unless they follow, in which case the
+stream lasts until the client closes the connection. A log item is
+`{"time": "<RFC 3339 UTC>", "stream": "stdout"|"stderr", "line": str}`; an event item is
+`{"id", "state", "exit_code", "time"}` (states as in the design's container event contract).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+PROTOCOL_VERSION = 1
+
+
+class DaemonError(RuntimeError):
+    """The daemon refused or failed an operation; `kind` says which way."""
+
+    def __init__(self, message: str, kind: str = "internal") -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+class DaemonUnavailable(DaemonError):
+    """No daemon answers on the socket."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, "unavailable")
+
+
+def default_socket_path() -> Path:
+    """Return the daemon's socket path under `$PAAS_DATA_DIR` (default `/var/lib/paas`)."""
+    return runtime_root() / "daemon.sock"
+
+
+def runtime_root() -> Path:
+    """Return the runtime's root directory: `$PAAS_RUNTIME_DIR` or `$PAAS_DATA_DIR/runtime`."""
+    explicit = os.environ.get("PAAS_RUNTIME_DIR")
+    if explicit:
+        return Path(explicit)
+    return Path(os.environ.get("PAAS_DATA_DIR", "/var/lib/paas")) / "runtime"
+
+
+class DaemonClient:
+    """A blocking client; one connection per call, so it is safe to share between threads."""
+
+    def __init__(self, socket_path: str | os.PathLike[str] | None = None, timeout: float = 120.0):
+        self.socket_path = Path(socket_path) if socket_path else default_socket_path()
+        self.timeout = timeout
+
+    # -- operations ---------------------------------------------------------------------------
+
+    def ping(self) -> dict[str, Any]:
+        return self._call({"op": "ping"})  # type: ignore[no-any-return]
+
+    def create(
+        self,
+        spec: Mapping[str, Any],
+        layers: list[str] | list[Path],
+        image_config: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        return self._call(  # type: ignore[no-any-return]
+            {
+                "op": "create",
+                "spec": dict(spec),
+                "layers": [str(p) for p in layers],
+                "image_config": dict(image_config or {}),
+            }
+        )
+
+    def start(self, container_id: str) -> dict[str, Any]:
+        return self._call({"op": "start", "id": container_id})  # type: ignore[no-any-return]
+
+    def stop(self, container_id: str, timeout_s: float = 10.0) -> dict[str, Any]:
+        return self._call(  # type: ignore[no-any-return]
+            {"op": "stop", "id": container_id, "timeout_s": timeout_s},
+            timeout=timeout_s + self.timeout,
+        )
+
+    def kill(self, container_id: str, signal: str = "SIGKILL") -> dict[str, Any]:
+        return self._call(  # type: ignore[no-any-return]
+            {"op": "kill", "id": container_id, "signal": signal}
+        )
+
+    def remove(self, container_id: str, force: bool = False) -> dict[str, Any]:
+        return self._call(  # type: ignore[no-any-return]
+            {"op": "remove", "id": container_id, "force": force}
+        )
+
+    def exec(
+        self,
+        container_id: str,
+        command: list[str],
+        env: Mapping[str, str] | None = None,
+        timeout_s: float = 60.0,
+    ) -> dict[str, Any]:
+        return self._call(  # type: ignore[no-any-return]
+            {
+                "op": "exec",
+                "id": container_id,
+                "command": list(command),
+                "env": dict(env or {}),
+                "timeout_s": timeout_s,
+            },
+            timeout=timeout_s + self.timeout,
+        )
+
+    def list(self) -> list[dict[str, Any]]:
+        return self._call({"op": "list"})  # type: ignore[no-any-return]
+
+    def inspect(self, container_id: str) -> dict[str, Any]:
+        return self._call({"op": "inspect", "id": container_id})  # type: ignore[no-any-return]
+
+    def stats(self, container_id: str) -> dict[str, Any]:
+        return self._call({"op": "stats", "id": container_id})  # type: ignore[no-any-return]
+
+    def logs(
+        self, container_id: str, tail: int = 100, follow: bool = False
+    ) -> Iterator[dict[str, Any]]:
+        return self._stream(
+            {"op": "logs", "id": container_id, "tail": tail, "follow": follow},
+            timeout=None if follow else self.timeout,
+        )
+
+    def events(self) -> Iterator[dict[str, Any]]:
+        return self._stream({"op": "events"}, timeout=None)
+
+    # -- transport ----------------------------------------------------------------------------
+
+    def _connect(self, timeout: float | None) -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(str(self.socket_path))
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            sock.close()
+            raise DaemonUnavailable(
+                f"the runtime daemon is not running (no answer on {self.socket_path})"
+            ) from exc
+        return sock
+
+    def _call(self, request: dict[str, Any], timeout: float | None = None) -> Any:
+        with self._connect(timeout or self.timeout) as sock:
+            sock.sendall(json.dumps(request).encode() + b"\n")
+            with sock.makefile("rb") as f:
+                return _unwrap(f.readline())["result"]
+
+    def _stream(self, request: dict[str, Any], timeout: float | None) -> Iterator[dict[str, Any]]:
+        with self._connect(timeout) as sock:
+            sock.sendall(json.dumps(request).encode() + b"\n")
+            with sock.makefile("rb") as f:
+                for raw in f:
+                    reply = _unwrap(raw)
+                    if reply.get("end"):
+                        return
+                    yield reply["item"]
+
+
+def _unwrap(raw: bytes) -> dict[str, Any]:
+    if not raw:
+        raise DaemonError("the runtime daemon closed the connection without answering")
+    try:
+        reply = json.loads(raw)
+    except ValueError as exc:
+        raise DaemonError("the runtime daemon sent a malformed reply") from exc
+    if not isinstance(reply, dict):
+        raise DaemonError("the runtime daemon sent a malformed reply")
+    if not reply.get("ok"):
+        raise DaemonError(str(reply.get("error", "unknown error")), str(reply.get("kind", "internal")))
+    return reply
