@@ -254,10 +254,10 @@ class ImageStore:
         }
         if annotations:
             manifest["annotations"] = dict(annotations)
-        digest, size = self.put_blob_bytes(_canonical_json(manifest))
-        self.tag(digest, ref, size=size)
         for d, _s, _m in layer_blobs:
             self._ensure_unpacked(d)
+        digest, size = self.put_blob_bytes(_canonical_json(manifest))
+        self.tag(digest, ref, size=size)
         return digest
 
     def tag(self, manifest_digest: str, reference: str, size: int | None = None) -> None:
@@ -510,9 +510,9 @@ class ImageStore:
             if not name:
                 name = "imported:" + digest[7:19]
             name = normalize_reference(str(name))
-            self.tag(digest, name)
             for layer in manifest["layers"]:
                 self._ensure_unpacked(str(layer["digest"]))
+            self.tag(digest, name)
             imported.append(name)
         return imported
 
@@ -630,7 +630,10 @@ def unpack_layer(stream: IO[bytes], dest: Path) -> None:
                     break
                 except tarfile.TarError as e:
                     raise UnsafeLayer(f"layer tar is malformed: {e}") from None
-                _unpack_member(tar, member, root_fd, as_root, dir_modes)
+                try:
+                    _unpack_member(tar, member, root_fd, as_root, dir_modes)
+                except (tarfile.TarError, EOFError) as e:
+                    raise UnsafeLayer(f"layer tar is malformed at {member.name!r}: {e}") from None
         finally:
             tar.close()
         # Directory modes last, deepest first, so a read-only directory is filled before.

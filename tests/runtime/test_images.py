@@ -199,3 +199,18 @@ def test_it_refuses_a_file_that_is_not_an_archive(store: ImageStore, tmp_path: P
     junk.write_bytes(b"this is not a tar file at all" * 40)
     with pytest.raises(CorruptImage, match="cannot read OCI archive"):
         store.import_archive(junk)
+
+
+def test_it_unpacks_gzip_compressed_layers(store: ImageStore) -> None:
+    import gzip
+
+    data = gzip.compress(_layer([("hello", b"world")]))
+    digest, size = store.put_blob_bytes(data)
+    store.add_image("gz", [(digest, size, "application/vnd.oci.image.layer.v1.tar+gzip")], {})
+    assert (store.resolve("gz").layers[0] / "hello").read_bytes() == b"world"
+
+
+def test_it_refuses_an_unsupported_layer_media_type(store: ImageStore) -> None:
+    digest, size = store.put_blob_bytes(b"zstd?")
+    with pytest.raises(CorruptImage, match="unsupported layer media type"):
+        store.add_image("z", [(digest, size, "application/vnd.oci.image.layer.v1.tar+zstd")], {})
