@@ -1,0 +1,751 @@
+"""The `paas` command: a thin HTTP client of the REST API (docs/api.md).
+
+Heroku-style command names (`config:set`), with short aliases (`create`, `destroy`, `info`).
+Every app command takes `--app/-a`; without it the app comes from the `paas` git remote of the
+repository in the current directory. Every listing takes `--json` and prints the API's JSON.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from paas_cli import credentials, gitremote, output
+from paas_cli.client import ApiClient, ApiError, dumps, segment
+from paas_cli.credentials import Credentials, CredentialsError
+from paas_cli.parsing import (
+    UsageError,
+    normalize_server,
+    parse_assignments,
+    parse_keys,
+    parse_scale,
+    parse_version,
+)
+
+DEFAULT_SERVER = "http://127.0.0.1:8000"
+ROLES = ("owner", "admin", "member", "viewer")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+ALIASES = {
+    "create": "apps:create",
+    "destroy": "apps:destroy",
+    "info": "apps:info",
+    "apps:list": "apps",
+    "config:add": "config:set",
+    "config:remove": "config:unset",
+    "releases:rollback": "rollback",
+    "ps:scale": "scale",
+    "domains:list": "domains",
+    "teams:list": "teams",
+    "members:list": "members",
+    "tokens:list": "tokens",
+    "hosts:list": "hosts",
+}
+
+
+class CliGroup(click.Group):
+    """Resolve the short aliases, and list commands in the order they were written."""
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        return super().get_command(ctx, ALIASES.get(cmd_name, cmd_name))
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(self.commands)
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        _name, cmd, rest = super().resolve_command(ctx, args)
+        # Report the real name (`apps:create`), not the alias, in usage messages.
+        return (cmd.name if cmd else None), cmd, rest
+
+
+# ---------------------------------------------------------------------------------------------
+# Sessions: which server, which token, which app
+
+
+def _env_server() -> str | None:
+    value = os.environ.get("PAAS_SERVER", "").strip()
+    return normalize_server(value) if value else None
+
+
+def session() -> ApiClient:
+    """An API client with the user's token, or a clear error when they are not logged in."""
+    env_token = os.environ.get("PAAS_TOKEN", "").strip()
+    env_server = _env_server()
+    stored = credentials.load()
+    if env_token:
+        server = env_server or (stored.server if stored else DEFAULT_SERVER)
+        return ApiClient(server, env_token)
+    if stored is None:
+        raise UsageError("You are not logged in: run `paas login --server URL` first.")
+    if env_server and env_server != stored.server:
+        # Never send the token of one server to another.
+        raise UsageError(
+            f"You are logged in to {stored.server}, but PAAS_SERVER is {env_server}: "
+            "run `paas login` for that server, or unset PAAS_SERVER."
+        )
+    return ApiClient(stored.server, stored.token)
+
+
+def resolve_app(app: str | None) -> str:
+    if app:
+        return app
+    env_app = os.environ.get("PAAS_APP", "").strip()
+    if env_app:
+        return env_app
+    found = gitremote.app_from_remote()
+    if found:
+        return found
+    raise UsageError(
+        "No app given: use --app NAME, or run this inside a git repository whose "
+        "`paas` remote points at the app."
+    )
+
+
+def app_option(func: F) -> F:
+    return click.option(
+        "-a", "--app", "app", metavar="APP",
+        help="The app (default: from the `paas` git remote of this repository).",
+    )(func)
+
+
+def json_option(func: F) -> F:
+    return click.option("--json", "as_json", is_flag=True, help="Print the API's JSON.")(func)
+
+
+def team_option(func: F) -> F:
+    return click.option(
+        "-t", "--team", "team", metavar="TEAM", help="The team (default: your personal team)."
+    )(func)
+
+
+def _personal_team(api: ApiClient) -> str:
+    stored = credentials.load()
+    if stored and stored.username and stored.server == api.server:
+        return stored.username
+    account = api.get("/account")
+    return str(account["username"])
+
+
+def _read_line(prompt: str, hidden: bool = False) -> str:
+    """Prompt on a terminal; read a plain line when stdin is a pipe (scripts, CI)."""
+    if sys.stdin.isatty():
+        return str(click.prompt(prompt, hide_input=hidden, err=True))
+    line = sys.stdin.readline()
+    if not line:
+        raise UsageError(f"{prompt}: no input (stdin is closed).")
+    return line.rstrip("\r\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# The commands
+
+
+@click.group(cls=CliGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option("0.1.0", prog_name="paas")
+def cli() -> None:
+    """Manage apps on a paas platform."""
+
+
+@cli.command()
+@click.option("--server", metavar="URL", help=f"The platform's URL (default: $PAAS_SERVER, "
+              f"the last one used, or {DEFAULT_SERVER}).")
+@click.option("--token", metavar="TOKEN", help="Log in with an API token instead of a password.")
+def login(server: str | None, token: str | None) -> None:
+    """Log in and store the token for the next commands."""
+    try:
+        stored = credentials.load()
+    except CredentialsError:
+        stored = None  # a damaged file is replaced by this login
+    url = normalize_server(server) if server else (
+        _env_server() or (stored.server if stored else DEFAULT_SERVER)
+    )
+    if token is not None:
+        token = token.strip()
+        if not token:
+            raise UsageError("The token is empty.")
+        with ApiClient(url, token) as api:
+            account = api.get("/account")
+    else:
+        username = _read_line("User name").strip()
+        password = _read_line("Password", hidden=True)
+        if not username or not password:
+            raise UsageError("Both a user name and a password are needed.")
+        with ApiClient(url) as api:
+            answer = api.post("/auth/login", {"username": username, "password": password})
+        token = str(answer["token"])
+        account = answer.get("user") or {"username": username}
+    name = str(account.get("username", ""))
+    path = credentials.save(Credentials(server=url, token=token, username=name))
+    output.say(f"Logged in to {url} as {name}.")
+    output.error(f"Token stored in {path}.")
+
+
+@cli.command()
+def logout() -> None:
+    """Forget the stored token."""
+    if credentials.delete():
+        output.say("Logged out.")
+    else:
+        output.say("You were not logged in.")
+
+
+@cli.command()
+@json_option
+def whoami(as_json: bool) -> None:
+    """Show who you are logged in as."""
+    with session() as api:
+        account = api.get("/account")
+        if as_json:
+            output.say(dumps(account))
+            return
+        output.say(f"{account['username']} on {api.server}")
+
+
+# --- apps ------------------------------------------------------------------------------------
+
+
+@cli.command("apps")
+@json_option
+def apps_list(as_json: bool) -> None:
+    """List your apps."""
+    with session() as api:
+        apps = api.get("/apps")
+    if as_json:
+        output.say(dumps(apps))
+        return
+    output.print_table(
+        apps, [("name", "NAME"), ("team", "TEAM"), ("current_release", "RELEASE"), ("url", "URL")],
+        empty="You have no apps yet: paas apps:create NAME",
+        formatters={"current_release": output.release_name},
+    )
+
+
+@cli.command("apps:create")
+@click.argument("name")
+@team_option
+@click.option("--no-remote", is_flag=True, help="Do not add the `paas` git remote.")
+@json_option
+def apps_create(name: str, team: str | None, no_remote: bool, as_json: bool) -> None:
+    """Create an app (alias: create); inside a git repository, add the `paas` remote."""
+    body: dict[str, Any] = {"name": name}
+    if team:
+        body["team"] = team
+    with session() as api:
+        app = api.post("/apps", body)
+    if as_json:
+        output.say(dumps(app))
+    else:
+        output.say(f"Created {app['name']}: {app.get('url', '')}")
+    git_url = app.get("git_url")
+    if not no_remote and git_url and gitremote.in_work_tree():
+        message = gitremote.add_remote(str(git_url))
+        (output.error if as_json else output.say)(message)
+
+
+@cli.command("apps:info")
+@app_option
+@json_option
+def apps_info(app: str | None, as_json: bool) -> None:
+    """Show an app (alias: info)."""
+    name = resolve_app(app)
+    with session() as api:
+        data = api.get(f"/apps/{segment(name)}")
+    if as_json:
+        output.say(dumps(data))
+        return
+    shown = {"name", "team", "url", "git_url", "current_release", "formation", "created_at"}
+    pairs = [
+        ("Name", output.text(data.get("name"))),
+        ("Team", output.text(data.get("team"))),
+        ("URL", output.text(data.get("url"))),
+        ("Git URL", output.text(data.get("git_url"))),
+        ("Release", output.release_name(data.get("current_release"))),
+        ("Formation", _formation_summary(data.get("formation"))),
+        ("Created", output.when(data.get("created_at"))),
+    ]
+    for key, value in data.items():
+        if key not in shown and not isinstance(value, (dict, list)):
+            pairs.append((key.replace("_", " ").capitalize(), output.text(value)))
+    output.print_pairs(pairs)
+
+
+def _formation_summary(formation: Any) -> str:
+    if isinstance(formation, dict):
+        formation = [{"type": k, **(v if isinstance(v, dict) else {"quantity": v})}
+                     for k, v in formation.items()]
+    if not isinstance(formation, list) or not formation:
+        return "none"
+    parts = []
+    for item in formation:
+        if isinstance(item, dict):
+            size = f":{item['size']}" if item.get("size") else ""
+            parts.append(f"{item.get('type')}={item.get('quantity', 0)}{size}")
+    return " ".join(parts)
+
+
+@cli.command("apps:destroy")
+@app_option
+@click.option("--confirm", metavar="APP", help="The app's name, to confirm without a prompt.")
+def apps_destroy(app: str | None, confirm: str | None) -> None:
+    """Destroy an app for good (alias: destroy)."""
+    name = resolve_app(app)
+    if confirm is None:
+        output.error(f"This destroys {name} and everything in it; it cannot be undone.")
+        confirm = _read_line(f"Type {name} to confirm").strip()
+    if confirm != name:
+        raise UsageError(f"Confirmation {confirm!r} does not match {name!r}; nothing destroyed.")
+    with session() as api:
+        api.delete(f"/apps/{segment(name)}")
+    output.say(f"Destroyed {name}.")
+    if gitremote.remove_remote_if_app(name):
+        output.say(f"Git remote {gitremote.REMOTE} removed.")
+
+
+# --- config ----------------------------------------------------------------------------------
+
+
+@cli.command("config")
+@app_option
+@json_option
+@click.option("--shell", is_flag=True, help="Print KEY=VALUE lines.")
+def config_show(app: str | None, as_json: bool, shell: bool) -> None:
+    """Show an app's config vars."""
+    name = resolve_app(app)
+    with session() as api:
+        config = api.get(f"/apps/{segment(name)}/config")
+    if as_json:
+        output.say(dumps(config))
+        return
+    if not config:
+        output.say(f"{name} has no config vars.")
+        return
+    if shell:
+        for key, value in config.items():
+            output.say(f"{key}={value}")
+        return
+    output.print_pairs([(key, str(value)) for key, value in config.items()])
+
+
+@cli.command("config:get")
+@click.argument("key")
+@app_option
+def config_get(key: str, app: str | None) -> None:
+    """Print one config var's value."""
+    parse_keys([key])
+    name = resolve_app(app)
+    with session() as api:
+        config = api.get(f"/apps/{segment(name)}/config")
+    if key not in config:
+        raise UsageError(f"{name} has no config var {key}.")
+    click.echo(config[key])
+
+
+@cli.command("config:set")
+@click.argument("pairs", nargs=-1, metavar="KEY=VALUE...")
+@app_option
+@json_option
+def config_set(pairs: tuple[str, ...], app: str | None, as_json: bool) -> None:
+    """Set config vars; makes a new release."""
+    values = parse_assignments(pairs)
+    name = resolve_app(app)
+    with session() as api:
+        answer = api.patch(f"/apps/{segment(name)}/config", values)
+    if as_json:
+        output.say(dumps(answer))
+        return
+    release = output.release_name(answer.get("release")) if isinstance(answer, dict) else ""
+    output.say(f"Set {', '.join(values)} on {name}; released {release}.")
+
+
+@cli.command("config:unset")
+@click.argument("keys", nargs=-1, metavar="KEY...")
+@app_option
+@json_option
+def config_unset(keys: tuple[str, ...], app: str | None, as_json: bool) -> None:
+    """Remove config vars; makes a new release."""
+    names = parse_keys(keys)
+    name = resolve_app(app)
+    with session() as api:
+        answer = api.patch(f"/apps/{segment(name)}/config", dict.fromkeys(names))
+    if as_json:
+        output.say(dumps(answer))
+        return
+    release = output.release_name(answer.get("release")) if isinstance(answer, dict) else ""
+    output.say(f"Unset {', '.join(names)} on {name}; released {release}.")
+
+
+# --- processes -------------------------------------------------------------------------------
+
+FORMATION_COLUMNS = [("type", "TYPE"), ("quantity", "QUANTITY"), ("size", "SIZE"),
+                     ("memory_mb", "MEMORY MB"), ("cpu", "CPU")]
+
+
+@cli.command("ps")
+@app_option
+@json_option
+def ps(app: str | None, as_json: bool) -> None:
+    """Show an app's formation and its containers."""
+    name = resolve_app(app)
+    with session() as api:
+        formation = api.get(f"/apps/{segment(name)}/formation")
+        containers = api.get(f"/apps/{segment(name)}/containers")
+    if as_json:
+        output.say(dumps({"formation": formation, "containers": containers}))
+        return
+    output.print_table(formation, FORMATION_COLUMNS, empty=f"{name} has no process types yet.")
+    output.say("")
+    output.print_table(
+        containers,
+        [("name", "CONTAINER"), ("state", "STATE"), ("release", "RELEASE"), ("host", "HOST"),
+         ("address", "ADDRESS"), ("started_at", "STARTED"), ("restarts", "RESTARTS")],
+        empty=f"{name} has no containers running.",
+        formatters={"release": output.release_name, "started_at": output.when},
+    )
+
+
+@cli.command("scale")
+@click.argument("updates", nargs=-1, metavar="TYPE=QUANTITY[:SIZE]...")
+@app_option
+@json_option
+def scale(updates: tuple[str, ...], app: str | None, as_json: bool) -> None:
+    """Scale process types: `paas scale web=2 worker=1`, `web=2:512M`, `web=1G`."""
+    parsed = parse_scale(updates)
+    name = resolve_app(app)
+    with session() as api:
+        formation = api.patch(
+            f"/apps/{segment(name)}/formation", {"updates": [u.as_api() for u in parsed]}
+        )
+    if as_json:
+        output.say(dumps(formation))
+        return
+    output.say(f"Scaled {name}: {_formation_summary(formation)}")
+
+
+# --- releases --------------------------------------------------------------------------------
+
+
+@cli.command("releases")
+@app_option
+@json_option
+def releases(app: str | None, as_json: bool) -> None:
+    """List an app's releases, newest first."""
+    name = resolve_app(app)
+    with session() as api:
+        items = api.get(f"/apps/{segment(name)}/releases")
+    if as_json:
+        output.say(dumps(items))
+        return
+    output.print_table(
+        items,
+        [("name", "RELEASE"), ("description", "DESCRIPTION"), ("created_by", "BY"),
+         ("created_at", "CREATED"), ("status", "STATUS")],
+        empty=f"{name} has no releases.",
+        formatters={"created_at": output.when},
+    )
+
+
+@cli.command("releases:info")
+@click.argument("version")
+@app_option
+@json_option
+def releases_info(version: str, app: str | None, as_json: bool) -> None:
+    """Show one release (`v3` or `3`)."""
+    number = parse_version(version)
+    name = resolve_app(app)
+    with session() as api:
+        release = api.get(f"/apps/{segment(name)}/releases/{number}")
+    if as_json:
+        output.say(dumps(release))
+        return
+    output.print_pairs([
+        ("Release", output.release_name(release)),
+        ("Description", output.text(release.get("description"))),
+        ("Build", output.text(release.get("build"))),
+        ("Config keys", output.text(release.get("config_keys"))),
+        ("By", output.text(release.get("created_by"))),
+        ("Created", output.when(release.get("created_at"))),
+        ("Status", output.text(release.get("status"))),
+    ])
+
+
+@cli.command("rollback")
+@click.argument("version", required=False)
+@app_option
+@json_option
+def rollback(version: str | None, app: str | None, as_json: bool) -> None:
+    """Roll back to a release (default: the one before the current); makes a new release."""
+    body: dict[str, Any] = {}
+    if version is not None:
+        body["version"] = parse_version(version)
+    name = resolve_app(app)
+    with session() as api:
+        release = api.post(f"/apps/{segment(name)}/releases/rollback", body)
+    if as_json:
+        output.say(dumps(release))
+        return
+    target = f"v{body['version']}" if "version" in body else "the previous release"
+    output.say(f"Rolled back {name} to {target}: released {output.release_name(release)}.")
+
+
+# --- domains ---------------------------------------------------------------------------------
+
+
+@cli.command("domains")
+@app_option
+@json_option
+def domains(app: str | None, as_json: bool) -> None:
+    """List an app's custom domains."""
+    name = resolve_app(app)
+    with session() as api:
+        items = api.get(f"/apps/{segment(name)}/domains")
+    if as_json:
+        output.say(dumps(items))
+        return
+    output.print_table(
+        items, [("hostname", "HOSTNAME"), ("created_at", "ADDED")],
+        empty=f"{name} has no custom domains.", formatters={"created_at": output.when},
+    )
+
+
+@cli.command("domains:add")
+@click.argument("hostname")
+@app_option
+@json_option
+def domains_add(hostname: str, app: str | None, as_json: bool) -> None:
+    """Add a custom domain to an app."""
+    name = resolve_app(app)
+    with session() as api:
+        domain = api.post(f"/apps/{segment(name)}/domains", {"hostname": hostname})
+    if as_json:
+        output.say(dumps(domain))
+        return
+    output.say(f"Added {domain.get('hostname', hostname)} to {name}.")
+
+
+@cli.command("domains:remove")
+@click.argument("hostname")
+@app_option
+def domains_remove(hostname: str, app: str | None) -> None:
+    """Remove a custom domain from an app."""
+    name = resolve_app(app)
+    with session() as api:
+        api.delete(f"/apps/{segment(name)}/domains/{segment(hostname)}")
+    output.say(f"Removed {hostname} from {name}.")
+
+
+# --- teams and members -----------------------------------------------------------------------
+
+
+@cli.command("teams")
+@json_option
+def teams(as_json: bool) -> None:
+    """List the teams you are in."""
+    with session() as api:
+        items = api.get("/teams")
+    if as_json:
+        output.say(dumps(items))
+        return
+    output.print_table(
+        items, [("name", "TEAM"), ("role", "YOUR ROLE"), ("created_at", "CREATED")],
+        empty="You are in no team.", formatters={"created_at": output.when},
+    )
+
+
+@cli.command("teams:create")
+@click.argument("name")
+@json_option
+def teams_create(name: str, as_json: bool) -> None:
+    """Create a team; you become its owner."""
+    with session() as api:
+        team = api.post("/teams", {"name": name})
+    if as_json:
+        output.say(dumps(team))
+        return
+    output.say(f"Created team {team.get('name', name)}; you are its owner.")
+
+
+@cli.command("members")
+@team_option
+@json_option
+def members(team: str | None, as_json: bool) -> None:
+    """List a team's members."""
+    with session() as api:
+        team = team or _personal_team(api)
+        items = api.get(f"/teams/{segment(team)}/members")
+    if as_json:
+        output.say(dumps(items))
+        return
+    output.print_table(
+        items, [("username", "USER"), ("email", "EMAIL"), ("role", "ROLE")],
+        empty=f"{team} has no members.",
+    )
+
+
+@cli.command("members:add")
+@click.argument("user")
+@team_option
+@click.option("--role", type=click.Choice(ROLES), default="member", show_default=True)
+@json_option
+def members_add(user: str, team: str | None, role: str, as_json: bool) -> None:
+    """Add a user (by user name or email) to a team."""
+    with session() as api:
+        team = team or _personal_team(api)
+        key = "email" if "@" in user else "username"
+        member = api.post(f"/teams/{segment(team)}/members", {key: user, "role": role})
+    if as_json:
+        output.say(dumps(member))
+        return
+    output.say(f"Added {member.get('username', user)} to {team} as {member.get('role', role)}.")
+
+
+@cli.command("members:remove")
+@click.argument("username")
+@team_option
+def members_remove(username: str, team: str | None) -> None:
+    """Remove a member from a team."""
+    with session() as api:
+        team = team or _personal_team(api)
+        api.delete(f"/teams/{segment(team)}/members/{segment(username)}")
+    output.say(f"Removed {username} from {team}.")
+
+
+@cli.command("members:set-role")
+@click.argument("username")
+@click.argument("role", type=click.Choice(ROLES))
+@team_option
+@json_option
+def members_set_role(username: str, role: str, team: str | None, as_json: bool) -> None:
+    """Change a member's role."""
+    with session() as api:
+        team = team or _personal_team(api)
+        member = api.patch(f"/teams/{segment(team)}/members/{segment(username)}", {"role": role})
+    if as_json:
+        output.say(dumps(member))
+        return
+    output.say(f"{username} is now {member.get('role', role)} in {team}.")
+
+
+# --- tokens ----------------------------------------------------------------------------------
+
+
+@cli.command("tokens")
+@json_option
+def tokens(as_json: bool) -> None:
+    """List your API tokens (never their secret part)."""
+    with session() as api:
+        items = api.get("/tokens")
+    if as_json:
+        output.say(dumps(items))
+        return
+    output.print_table(
+        items,
+        [("id", "ID"), ("prefix", "PREFIX"), ("description", "DESCRIPTION"),
+         ("created_at", "CREATED"), ("last_used_at", "LAST USED")],
+        empty="You have no tokens.",
+        formatters={"created_at": output.when, "last_used_at": output.when},
+    )
+
+
+@cli.command("tokens:create")
+@click.option("-d", "--description", default="", help="What the token is for.")
+@json_option
+def tokens_create(description: str, as_json: bool) -> None:
+    """Create an API token; it is shown this once only."""
+    with session() as api:
+        token = api.post("/tokens", {"description": description})
+    if as_json:
+        output.say(dumps(token))
+        return
+    output.error("Here is the new token; it is shown this once only:")
+    click.echo(token["token"])
+
+
+@cli.command("tokens:revoke")
+@click.argument("token_id", metavar="ID")
+def tokens_revoke(token_id: str) -> None:
+    """Revoke an API token by its id (see `paas tokens`)."""
+    with session() as api:
+        api.delete(f"/tokens/{segment(token_id)}")
+    output.say(f"Revoked token {token_id}.")
+
+
+# --- hosts -----------------------------------------------------------------------------------
+
+
+@cli.command("hosts")
+@json_option
+def hosts(as_json: bool) -> None:
+    """List the platform's hosts."""
+    with session() as api:
+        items = api.get("/hosts")
+    if as_json:
+        output.say(dumps(items))
+        return
+    output.print_table(
+        items,
+        [("name", "HOST"), ("address", "ADDRESS"), ("state", "STATE"),
+         ("capacity", "CAPACITY"), ("usage", "USAGE"), ("last_heartbeat_at", "LAST HEARTBEAT"),
+         ("labels", "LABELS")],
+        empty="No hosts are registered.",
+        formatters={"last_heartbeat_at": output.when},
+    )
+
+
+@cli.command("hosts:drain")
+@click.argument("name")
+@json_option
+def hosts_drain(name: str, as_json: bool) -> None:
+    """Drain a host: no new containers; its containers move elsewhere (staff only)."""
+    with session() as api:
+        host = api.post(f"/hosts/{segment(name)}/drain")
+    if as_json:
+        output.say(dumps(host))
+        return
+    output.say(f"Draining {name}: now {output.text(host.get('state'))}.")
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; every failure becomes one line on stderr and a non-zero exit status."""
+    try:
+        result = cli.main(args=argv, prog_name="paas", standalone_mode=False)
+    except ApiError as exc:
+        first, *details = exc.lines()
+        output.error(f"paas: {first}")
+        for line in details:
+            output.error(line)
+        if exc.status == 401:
+            output.error("paas: log in again with `paas login`.")
+        return 1
+    except (UsageError, CredentialsError) as exc:
+        output.error(f"paas: {exc}")
+        return 1
+    except click.exceptions.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except click.exceptions.Abort:
+        output.error("paas: aborted.")
+        return 1
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except KeyboardInterrupt:
+        output.error("paas: interrupted.")
+        return 130
+    except BrokenPipeError:
+        # `paas apps | head -1`: the reader went away; that is not an error.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+    except Exception as exc:  # the last line of defence: no traceback reaches a user
+        output.error(f"paas: unexpected error: {type(exc).__name__}: {exc}")
+        return 1
+    return result if isinstance(result, int) else 0

@@ -1,0 +1,91 @@
+"""How the CLI shows things: rich tables on a terminal, plain aligned columns in a pipe."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+
+def console() -> Console:
+    # In a pipe rich would wrap at 80 columns and fold long URLs: let lines be as long as needed.
+    if sys.stdout.isatty():
+        return Console(highlight=False)
+    return Console(highlight=False, width=10_000, no_color=True, soft_wrap=True)
+
+
+def text(value: Any) -> str:
+    """One cell: None as empty, releases as `vN`, dicts as `k=v` pairs, lists joined."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, dict):
+        if "name" in value and isinstance(value["name"], str):
+            return value["name"]
+        return ", ".join(f"{k}={text(v)}" for k, v in value.items())
+    if isinstance(value, list):
+        return ", ".join(text(v) for v in value)
+    return str(value)
+
+
+def when(value: Any) -> str:
+    """An ISO timestamp shortened to the second, in the server's zone (UTC)."""
+    if not isinstance(value, str) or len(value) < 19 or value[10] != "T":
+        return text(value)
+    suffix = " UTC" if value.endswith(("Z", "+00:00")) else ""
+    return value[:10] + " " + value[11:19] + suffix
+
+
+def release_name(value: Any) -> str:
+    if isinstance(value, dict):
+        if isinstance(value.get("name"), str):
+            return str(value["name"])
+        if isinstance(value.get("version"), int):
+            return f"v{value['version']}"
+    if isinstance(value, int):
+        return f"v{value}"
+    return text(value)
+
+
+def print_table(
+    rows: Iterable[dict[str, Any]], columns: Sequence[tuple[str, str]],
+    *, empty: str, formatters: dict[str, Any] | None = None,
+) -> None:
+    """Print rows as a table of the given (key, heading) columns, or `empty` when none."""
+    rows = list(rows)
+    out = console()
+    if not rows:
+        out.print(empty)
+        return
+    formatters = formatters or {}
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, highlight=False)
+    for _key, heading in columns:
+        table.add_column(heading, overflow="fold")
+    for row in rows:
+        cells = []
+        for key, _heading in columns:
+            fmt = formatters.get(key, text)
+            cells.append(fmt(row.get(key)))
+        table.add_row(*cells)
+    out.print(table)
+
+
+def print_pairs(pairs: Sequence[tuple[str, str]]) -> None:
+    """Print `label: value` lines with the values aligned."""
+    width = max((len(label) for label, _ in pairs), default=0)
+    out = console()
+    for label, value in pairs:
+        out.print(f"{label + ':':<{width + 1}} {value}", markup=False)
+
+
+def say(message: str) -> None:
+    console().print(message, markup=False)
+
+
+def error(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
