@@ -107,7 +107,7 @@ def parse_scale(args: tuple[str, ...] | list[str]) -> list[ScaleUpdate]:
             size = parse_size(size_text)
             if quantity_text:
                 quantity = _parse_quantity(quantity_text, arg)
-        elif quantity_text.isdigit():
+        elif quantity_text.lstrip("+-").isdigit():
             quantity = _parse_quantity(quantity_text, arg)
         else:
             # `web=512M` changes only the size, like Heroku's `web=standard-2x`.
@@ -117,10 +117,10 @@ def parse_scale(args: tuple[str, ...] | list[str]) -> list[ScaleUpdate]:
 
 
 def _parse_quantity(text: str, arg: str) -> int:
-    if not text.isdigit():
+    if not text.lstrip("+-").isdigit():
         raise UsageError(f"{arg!r}: the quantity {text!r} is not a whole number.")
     quantity = int(text)
-    if quantity > MAX_QUANTITY:
+    if not 0 <= quantity <= MAX_QUANTITY:
         raise UsageError(f"{arg!r}: the quantity must be between 0 and {MAX_QUANTITY}.")
     return quantity
 
