@@ -1,0 +1,67 @@
+"""Check pushed source before anything runs on it, and copy it into the build directory."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+from pathlib import Path
+
+from builder.errors import SourceError
+
+DEFAULT_MAX_FILE_BYTES = 100 * 1024**2
+
+
+def check_source(root: Path, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES) -> None:
+    """Refuse symlinks leading out of `root`, special files and files over `max_file_bytes`.
+
+    Raise SourceError naming the first offending path (relative to `root`).
+    """
+    root = root.resolve()
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        here = Path(dirpath)
+        for name in sorted(dirnames + filenames):
+            path = here / name
+            rel = path.relative_to(root).as_posix()
+            st = path.lstat()
+            if stat.S_ISLNK(st.st_mode):
+                _check_link(root, path, rel)
+            elif stat.S_ISREG(st.st_mode):
+                if st.st_size > max_file_bytes:
+                    raise SourceError(
+                        f"{rel} is {_mib(st.st_size)}, over the limit of {_mib(max_file_bytes)} "
+                        "per file; keep large files out of the repository"
+                    )
+            elif not stat.S_ISDIR(st.st_mode):
+                raise SourceError(f"{rel} is not a regular file, directory or symlink")
+
+
+def _check_link(root: Path, path: Path, rel: str) -> None:
+    target = os.readlink(path)
+    if os.path.isabs(target):
+        raise SourceError(f"{rel} is a symlink to the absolute path {target!r}; use a relative link inside the app")
+    # Resolve lexically, link by link, so a chain of links cannot step outside either.
+    resolved = Path(os.path.realpath(path))
+    if resolved != root and root not in resolved.parents:
+        raise SourceError(f"{rel} is a symlink to {target!r}, which points outside the app")
+
+
+def copy_source(src: Path, dest: Path) -> None:
+    """Copy the checked source into `dest` (created), keeping symlinks as symlinks."""
+    shutil.copytree(src, dest, symlinks=True)
+
+
+def tree_size(root: Path) -> int:
+    """Return the bytes held by regular files under `root` (symlinks not followed)."""
+    total = 0
+    for dirpath, _dirnames, filenames in os.walk(root):
+        for name in filenames:
+            st = os.lstat(os.path.join(dirpath, name))
+            if stat.S_ISREG(st.st_mode):
+                total += st.st_size
+    return total
+
+
+def _mib(n: int) -> str:
+    return f"{n / 1024**2:.1f} MiB"
