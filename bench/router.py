@@ -1,0 +1,224 @@
+#!/usr/bin/env python3
+"""Benchmark: the router against nginx as a reverse proxy, in front of the same fast app.
+
+Starts, all on loopback and in a throw-away directory: a redis-server (the route table), an nginx
+serving a tiny static answer (the app), an nginx reverse proxy with keep-alive to the app, and
+`python -m router`, both proxies with the same number of worker processes. wrk then measures the
+app directly, through nginx and through the router, one after the other in the same run.
+
+    python bench/router.py [--duration 10] [--connections 64] [--workers 2] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+NGINX_APP = """
+worker_processes 1;
+daemon off;
+pid {dir}/app.pid;
+error_log {dir}/app-error.log;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  keepalive_requests 1000000;
+  server {{
+    listen 127.0.0.1:{port} reuseport backlog=4096;
+    location / {{ default_type text/plain; return 200 "hello from the app\\n"; }}
+  }}
+}}
+"""
+
+NGINX_PROXY = """
+worker_processes {workers};
+daemon off;
+pid {dir}/proxy.pid;
+error_log {dir}/proxy-error.log;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  keepalive_requests 1000000;
+  upstream app {{ server 127.0.0.1:{app_port}; keepalive 256; }}
+  server {{
+    listen 127.0.0.1:{port} reuseport backlog=4096;
+    location / {{
+      proxy_pass http://app;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host $host;
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto $scheme;
+      proxy_set_header X-Forwarded-Port $server_port;
+      proxy_set_header X-Request-Id $request_id;
+      proxy_set_header X-Request-Start $msec;
+      proxy_set_header Via "1.1 nginx";
+      proxy_buffering off;
+    }}
+  }}
+}}
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"bench: nothing listens on 127.0.0.1:{port}")
+
+
+def wait_http(port: int, host: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    request = f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode()
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                s.sendall(request)
+                if s.recv(100).startswith(b"HTTP/1.1 200"):
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise SystemExit(f"bench: 127.0.0.1:{port} does not answer 200 for {host}")
+
+
+def to_ms(value: str, unit: str) -> float:
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
+
+
+def run_wrk(url: str, host: str, duration: int, connections: int, threads: int) -> dict[str, float]:
+    out = subprocess.run(
+        ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{duration}s", "--latency",
+         "-H", f"Host: {host}", url],
+        check=True, capture_output=True, text=True,
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p99 = re.search(r"99%\s+([\d.]+)(us|ms|s|m)\b", out)
+    p50 = re.search(r"50%\s+([\d.]+)(us|ms|s|m)\b", out)
+    errors = 0
+    socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    if socket_errors:
+        errors += sum(int(x) for x in socket_errors.groups())
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if non2xx:
+        errors += int(non2xx.group(1))
+    return {
+        "rps": rps,
+        "p50_ms": to_ms(*p50.groups()) if p50 else 0.0,
+        "p99_ms": to_ms(*p99.groups()) if p99 else 0.0,
+        "errors": errors,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=2, help="wrk threads")
+    parser.add_argument("--workers", type=int, default=2, help="worker processes of each proxy")
+    parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    args = parser.parse_args()
+    for tool in ("wrk", "nginx", "redis-server"):
+        if shutil.which(tool) is None and not Path("/usr/sbin/" + tool).exists():
+            raise SystemExit(f"bench: {tool} is needed (make debs-test)")
+
+    work = Path(tempfile.mkdtemp(prefix="paas-bench-router-"))
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        redis_port = free_port()
+        procs.append(subprocess.Popen(
+            ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(work)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        app_port, nginx_port, router_port = free_port(), free_port(), free_port()
+        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+        (work / "app.conf").write_text(NGINX_APP.format(dir=work, port=app_port))
+        (work / "proxy.conf").write_text(
+            NGINX_PROXY.format(dir=work, port=nginx_port, app_port=app_port, workers=args.workers))
+        for conf in ("app.conf", "proxy.conf"):
+            procs.append(subprocess.Popen([nginx, "-c", str(work / conf), "-e", str(work / "error.log")],
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        wait_port(redis_port)
+        import redis
+
+        from router.table import route_app_set
+
+        client = redis.Redis(port=redis_port)
+        route_app_set(client, "bench", [f"127.0.0.1:{app_port}"])
+        env = dict(os.environ, REDIS_URL=f"redis://127.0.0.1:{redis_port}/0", PAAS_DOMAIN="bench.test",
+                   PAAS_ROUTER_BIND=f"127.0.0.1:{router_port}", PAAS_ROUTER_WORKERS=str(args.workers),
+                   PAAS_DATA_DIR=str(work), PYTHONPATH=str(ROOT))
+        log = open(work / "router.log", "wb")  # noqa: SIM115
+        procs.append(subprocess.Popen([sys.executable, "-m", "router"], env=env, cwd=ROOT,
+                                      stdout=log, stderr=log))
+        host = "bench.bench.test"
+        wait_http(app_port, host)
+        wait_http(nginx_port, host)
+        wait_http(router_port, host)
+
+        results: dict[str, dict[str, float]] = {}
+        for name, port in (("direct", app_port), ("nginx", nginx_port), ("router", router_port)):
+            run_wrk(f"http://127.0.0.1:{port}/", host, 2, args.connections, args.threads)  # warm-up
+            results[name] = run_wrk(f"http://127.0.0.1:{port}/", host, args.duration, args.connections, args.threads)
+        metrics = client.hgetall("paas:metrics:router:bench")
+    finally:
+        for proc in reversed(procs):
+            proc.send_signal(signal.SIGTERM)
+        for proc in reversed(procs):
+            try:
+                proc.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        shutil.rmtree(work, ignore_errors=True)
+
+    figures = {
+        "router_rps": round(results["router"]["rps"], 1),
+        "nginx_rps": round(results["nginx"]["rps"], 1),
+        "direct_rps": round(results["direct"]["rps"], 1),
+        "ratio_vs_nginx": round(results["router"]["rps"] / results["nginx"]["rps"], 3),
+        "router_p99_ms": results["router"]["p99_ms"],
+        "nginx_p99_ms": results["nginx"]["p99_ms"],
+        "direct_p99_ms": results["direct"]["p99_ms"],
+        "router_added_p99_ms": round(results["router"]["p99_ms"] - results["direct"]["p99_ms"], 3),
+        "errors": int(results["router"]["errors"]),
+        "nginx_errors": int(results["nginx"]["errors"]),
+        "router_requests_recorded": int(metrics.get(b"requests", 0)),
+        "workers": args.workers,
+        "connections": args.connections,
+        "duration_s": args.duration,
+    }
+    print(f"{'target':<8} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
+    for name in ("direct", "nginx", "router"):
+        r = results[name]
+        print(f"{name:<8} {r['rps']:>10.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {int(r['errors']):>7}")
+    print(f"router/nginx throughput ratio: {figures['ratio_vs_nginx']:.3f}"
+          f"  (router workers: {args.workers}, nginx workers: {args.workers}, {args.connections} connections)")
+    if args.json:
+        print(json.dumps(figures))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,148 @@
+"""Keep a worker's RouteTable in step with Redis, and send the recorded metrics back.
+
+The follower subscribes to the change channel first and then reads the whole table, so no change
+falls between the two. Each change message names what changed; the follower reads just that.
+If Redis goes away the worker keeps serving the table it has, retries with back-off, and reads
+the whole table again once it is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from router.metrics import Recorder
+from router.routing import RouteTable
+from router.table import (
+    APPS_KEY,
+    CHANGES_CHANNEL,
+    DOMAINS_KEY,
+    VERSION_KEY,
+    AppRoute,
+    RouteError,
+    decode_app,
+    parse_change,
+)
+
+log = logging.getLogger("router.follow")
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def decode_apps(raw: dict[Any, Any]) -> dict[str, AppRoute]:
+    """Decode a whole `paas:router:apps` hash, leaving out (and logging) malformed entries."""
+    apps: dict[str, AppRoute] = {}
+    for key, value in raw.items():
+        name = _text(key)
+        try:
+            apps[name] = decode_app(name, value)
+        except RouteError as error:
+            log.error("at=error code=bad_route app=%s desc=%r", name, str(error))
+    return apps
+
+
+class TableFollower:
+    """Follow the route table in Redis for one worker; `synced` is set while it is current."""
+
+    def __init__(self, client: aioredis.Redis[Any], table: RouteTable, *, retry_max: float = 2.0) -> None:
+        self.client = client
+        self.table = table
+        self.retry_max = retry_max
+        self.synced = asyncio.Event()
+        self.syncs = 0  # full reads so far (tests and logs)
+
+    async def run(self) -> None:
+        delay = 0.05
+        while True:
+            pubsub = self.client.pubsub()
+            try:
+                await pubsub.subscribe(CHANGES_CHANNEL)
+                await self.full_sync()
+                if delay > 0.05:
+                    log.warning("at=info desc=\"route table back in step with Redis\" version=%d", self.table.version)
+                delay = 0.05
+                while True:
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    if message is not None and message.get("type") == "message":
+                        await self.apply(message["data"])
+            except (RedisError, OSError) as error:
+                if self.synced.is_set():
+                    log.warning("at=error code=redis_unavailable desc=\"serving the last route table\" error=%r", str(error))
+                self.synced.clear()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.retry_max)
+            finally:
+                with contextlib.suppress(RedisError, OSError):
+                    await pubsub.aclose()  # type: ignore[attr-defined]  # stubs predate redis 5
+
+    async def full_sync(self) -> None:
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.hgetall(APPS_KEY)
+            pipe.hgetall(DOMAINS_KEY)
+            pipe.get(VERSION_KEY)
+            apps_raw, domains_raw, version_raw = await pipe.execute()
+        domains = {_text(k): _text(v) for k, v in domains_raw.items()}
+        self.table.replace(decode_apps(apps_raw), domains, int(version_raw or 0))
+        self.syncs += 1
+        self.synced.set()
+
+    async def apply(self, data: Any) -> None:
+        try:
+            version, apps, domains = parse_change(data)
+        except RouteError as error:
+            log.error("at=error code=bad_change desc=%r", str(error))
+            await self.full_sync()
+            return
+        if version <= self.table.version:
+            return  # already in the table (the full read that followed our subscribe saw it)
+        if version != self.table.version + 1:
+            await self.full_sync()  # we missed a change, or Redis started over
+            return
+        async with self.client.pipeline(transaction=True) as pipe:
+            if apps:
+                pipe.hmget(APPS_KEY, apps)
+            if domains:
+                pipe.hmget(DOMAINS_KEY, domains)
+            results = await pipe.execute()
+        app_values = results.pop(0) if apps else []
+        domain_values = results.pop(0) if domains else []
+        app_routes: dict[str, AppRoute | None] = {}
+        for name, raw in zip(apps, app_values, strict=True):
+            if raw is None:
+                app_routes[name] = None
+                continue
+            try:
+                app_routes[name] = decode_app(name, raw)
+            except RouteError as error:
+                log.error("at=error code=bad_route app=%s desc=%r", name, str(error))
+        domain_apps = {
+            host: (None if raw is None else _text(raw)) for host, raw in zip(domains, domain_values, strict=True)
+        }
+        self.table.patch(app_routes, domain_apps, version)
+
+
+async def flush_forever(client: aioredis.Redis[Any], recorder: Recorder, interval: float) -> None:
+    """Write what the recorder gathered every `interval` seconds; on failure, drop and go on."""
+    while True:
+        await asyncio.sleep(interval)
+        await flush(client, recorder)
+
+
+async def flush(client: aioredis.Redis[Any], recorder: Recorder) -> None:
+    if not recorder.pending():
+        return
+    commands = recorder.take()
+    try:
+        async with client.pipeline(transaction=False) as pipe:
+            for command in commands:
+                pipe.execute_command(*command)
+            await pipe.execute()
+    except (RedisError, OSError) as error:
+        log.warning("at=error code=metrics_lost commands=%d error=%r", len(commands), str(error))

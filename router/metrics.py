@@ -1,0 +1,107 @@
+"""Per-app request metrics and access-log lines, gathered in memory and written in batches.
+
+The proxy calls `Recorder.record` once per request (a few dict updates, no I/O); the worker's
+flush loop calls `Recorder.take` every `PAAS_ROUTER_FLUSH_INTERVAL` and sends the resulting
+commands to Redis in one pipeline. Redis keys (read by the dashboard):
+
+- ``paas:metrics:router:<app>`` (hash): totals since the app's first request.
+- ``paas:metrics:router:<app>:<minute>`` (hash, expires after a day): the same fields for one
+  minute, ``<minute>`` being Unix time // 60.
+- Fields: ``requests``, ``status_1xx`` .. ``status_5xx``, ``bytes_in``, ``bytes_out``,
+  ``latency_ms_sum`` and ``latency_ms_le_<bound>`` for bounds 5, 10, 25, 50, 100, 250, 500, 1000,
+  2500, 5000, 10000, 30000 and ``inf``: a request counts in the first bucket its latency
+  (request start to response end) fits, so buckets are not cumulative.
+- ``paas:logs:<app>`` (stream, capped near `PAAS_ROUTER_LOG_MAXLEN` entries): one entry per
+  request, fields ``time`` (Unix seconds with microseconds), ``tag`` (``router``) and ``line``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+BUCKETS = (5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000)
+BUCKET_FIELDS = (*tuple(f"latency_ms_le_{b}" for b in BUCKETS), "latency_ms_le_inf")
+STATUS_FIELDS = ("status_1xx", "status_1xx", "status_2xx", "status_3xx", "status_4xx", "status_5xx")
+MINUTE_TTL = 24 * 3600
+
+
+def metrics_key(app: str) -> str:
+    return f"paas:metrics:router:{app}"
+
+
+def logs_key(app: str) -> str:
+    return f"paas:logs:{app}"
+
+
+def bucket_field(ms: float) -> str:
+    for bound, name in zip(BUCKETS, BUCKET_FIELDS, strict=False):
+        if ms <= bound:
+            return name
+    return BUCKET_FIELDS[-1]
+
+
+@dataclass(slots=True)
+class AppStats:
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def add(self, name: str, amount: int) -> None:
+        self.counts[name] = self.counts.get(name, 0) + amount
+
+
+Command = tuple[Any, ...]
+
+
+class Recorder:
+    """Collect what happened since the last flush; never touches the network itself."""
+
+    def __init__(self, log_maxlen: int = 10_000, max_lines: int = 50_000, clock: Callable[[], float] = time.time) -> None:
+        self.log_maxlen = log_maxlen
+        self.max_lines = max_lines
+        self.clock = clock
+        self.stats: dict[str, AppStats] = {}
+        self.lines: list[tuple[str, float, str]] = []
+        self.dropped_lines = 0
+
+    def record(self, app: str, status: int, ms: float, bytes_in: int, bytes_out: int, line: str) -> None:
+        stats = self.stats.get(app)
+        if stats is None:
+            stats = self.stats[app] = AppStats()
+        counts = stats.counts
+        get = counts.get
+        counts["requests"] = get("requests", 0) + 1
+        sfield = STATUS_FIELDS[status // 100] if 0 < status < 600 else "status_5xx"
+        counts[sfield] = get(sfield, 0) + 1
+        counts["bytes_in"] = get("bytes_in", 0) + bytes_in
+        counts["bytes_out"] = get("bytes_out", 0) + bytes_out
+        counts["latency_ms_sum"] = get("latency_ms_sum", 0) + int(ms)
+        bfield = bucket_field(ms)
+        counts[bfield] = get(bfield, 0) + 1
+        if len(self.lines) < self.max_lines:
+            self.lines.append((app, self.clock(), line))
+        else:  # Redis has been away a long time: keep memory bounded, count what we lost
+            self.dropped_lines += 1
+
+    def take(self) -> list[Command]:
+        """Hand over everything recorded so far as Redis commands, and start afresh."""
+        stats, lines = self.stats, self.lines
+        self.stats, self.lines = {}, []
+        minute = int(self.clock() // 60)
+        commands: list[Command] = []
+        for app, app_stats in stats.items():
+            total, per_minute = metrics_key(app), f"{metrics_key(app)}:{minute}"
+            for name, amount in app_stats.counts.items():
+                commands.append(("HINCRBY", total, name, amount))
+                commands.append(("HINCRBY", per_minute, name, amount))
+            commands.append(("EXPIRE", per_minute, MINUTE_TTL))
+        for app, when, line in lines:
+            commands.append(
+                ("XADD", logs_key(app), "MAXLEN", "~", self.log_maxlen, "*",
+                 "time", f"{when:.6f}", "tag", "router", "line", line)
+            )
+        return commands
+
+    def pending(self) -> bool:
+        return bool(self.stats or self.lines)
