@@ -1,0 +1,46 @@
+"""Container: what an agent last reported about one container (observed state)."""
+
+from __future__ import annotations
+
+from django.db import models
+
+
+class ContainerState(models.TextChoices):
+    STARTING = "starting"
+    RUNNING = "running"
+    READY = "ready"
+    EXITED = "exited"
+    FAILED = "failed"
+    OOM = "oom"
+
+
+class Container(models.Model):
+    id = models.CharField(max_length=64, primary_key=True)
+    app = models.ForeignKey("core.App", on_delete=models.CASCADE, related_name="containers")
+    release = models.ForeignKey("core.Release", on_delete=models.CASCADE, related_name="containers")
+    type = models.CharField(max_length=30)
+    number = models.PositiveSmallIntegerField()
+    host = models.ForeignKey(
+        "core.Host", on_delete=models.SET_NULL, null=True, blank=True, related_name="containers"
+    )
+    state = models.CharField(
+        max_length=10, choices=ContainerState.choices, default=ContainerState.STARTING
+    )
+    address = models.CharField(max_length=64, blank=True, help_text="ip:port")
+    exit_code = models.IntegerField(null=True, blank=True)
+    restarts = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["app_id", "type", "number"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def name(self) -> str:
+        """`web.1`"""
+        return f"{self.type}.{self.number}"

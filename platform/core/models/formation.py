@@ -1,0 +1,23 @@
+"""Formation: how many processes of each type an app runs, and how big each is."""
+
+from __future__ import annotations
+
+from django.db import models
+
+
+class Formation(models.Model):
+    app = models.ForeignKey("core.App", on_delete=models.CASCADE, related_name="formation")
+    type = models.CharField(max_length=30)
+    quantity = models.PositiveSmallIntegerField(default=0)
+    size = models.CharField(max_length=10, default="basic")
+    memory_mb = models.PositiveIntegerField(default=512)
+    cpu = models.FloatField(default=1.0, help_text="CPU shares (1.0 = one core's fair share)")
+
+    class Meta:
+        ordering = ["app_id", "type"]
+        constraints = [
+            models.UniqueConstraint(fields=["app", "type"], name="formation_unique_app_type"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.type}={self.quantity}:{self.size}"

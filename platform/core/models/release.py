@@ -1,0 +1,76 @@
+"""Release: an immutable, numbered pairing of a build and a config snapshot."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.db import models
+
+from core import crypto
+
+
+class ReleaseStatus(models.TextChoices):
+    PENDING = "pending", "waiting to be rolled out"
+    DEPLOYED = "deployed", "rolled out (or nothing to run)"
+    FAILED = "failed", "its containers never got ready"
+
+
+class ImmutableReleaseError(RuntimeError):
+    """Something tried to change a release's build, config or version after creation."""
+
+
+class Release(models.Model):
+    """Version N of an app: build + config. Never edited; a rollback adds a new one."""
+
+    app = models.ForeignKey("core.App", on_delete=models.CASCADE, related_name="releases")
+    version = models.PositiveIntegerField()
+    build = models.ForeignKey(
+        "core.Build", on_delete=models.PROTECT, null=True, blank=True, related_name="releases"
+    )
+    config_encrypted = models.TextField(help_text="Fernet-encrypted JSON object of the config.")
+    config_keys = models.JSONField(default=list, help_text="The snapshot's keys, sorted (not secret).")
+    description = models.CharField(max_length=200)
+    status = models.CharField(
+        max_length=10, choices=ReleaseStatus.choices, default=ReleaseStatus.PENDING
+    )
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["app_id", "-version"]
+        constraints = [
+            models.UniqueConstraint(fields=["app", "version"], name="release_unique_app_version"),
+            models.CheckConstraint(condition=models.Q(version__gte=1), name="release_version_gte_1"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def name(self) -> str:
+        return f"v{self.version}"
+
+    @property
+    def config(self) -> dict[str, str]:
+        """The config snapshot, decrypted."""
+        value = crypto.decrypt_json(self.config_encrypted)
+        assert isinstance(value, dict)
+        return {str(k): str(v) for k, v in value.items()}
+
+    def set_config(self, config: dict[str, str]) -> None:
+        """Fill the snapshot of a release not yet saved."""
+        if self.pk is not None:
+            raise ImmutableReleaseError("a saved release's config cannot change")
+        self.config_encrypted = crypto.encrypt_json(config)
+        self.config_keys = sorted(config)
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        # Only the roll-out status may change once a release exists.
+        if self.pk is not None and set(kwargs.get("update_fields") or ()) != {"status"}:
+            raise ImmutableReleaseError(
+                "releases are immutable: save(update_fields=['status']) is the only change allowed"
+            )
+        super().save(*args, **kwargs)
