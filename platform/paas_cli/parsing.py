@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 # message before anything is sent.
 CONFIG_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 PROCESS_TYPE = re.compile(r"[a-z][a-z0-9_-]*\Z")
-MEMORY_SIZE = re.compile(r"[1-9][0-9]*[MG]\Z")
+MEMORY_SIZE = re.compile(r"[1-9][0-9]*[MG]B?\Z")
 NAMED_SIZES = ("basic",)
 MAX_QUANTITY = 100
 

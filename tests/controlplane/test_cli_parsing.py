@@ -96,6 +96,7 @@ def test_it_refuses_the_same_process_type_twice() -> None:
 def test_it_normalizes_sizes() -> None:
     assert parse_size("BASIC") == "basic"
     assert parse_size("256m") == "256M"
+    assert parse_size("512mb") == "512MB"
     with pytest.raises(UsageError):
         parse_size("0M")
 
