@@ -1,0 +1,542 @@
+/*
+ * paas-init: the container's setup program and its tiny init (PID 1).
+ *
+ * The runtime daemon compiles this file once with gcc (static) and spawns it per container;
+ * the daemon stays the only Python process. Two modes:
+ *
+ *   paas-init run  [options] -- command args...   create namespaces, build the root, be PID 1
+ *   paas-init exec [options] -- command args...   enter a running container and run a command
+ *
+ * run: the outer process joins the container's cgroups, unshares the mount, UTS, IPC, network,
+ * cgroup and PID namespaces and forks the init, writes the init's pid ("pid N\n") to the sync
+ * socket (fd 3) and exits; the daemon is a child subreaper, so the init becomes its child. The
+ * init mounts the overlay root, /proc, /sys, /dev, pivots into it, masks /proc paths, then waits
+ * for a "go" byte on the sync socket (the daemon plugs in networking meanwhile), forks the app
+ * and answers "ok\n" once the app has exec'd or "error <message>\n". The app runs as an
+ * unprivileged user with a cut bounding set, no_new_privs, every fd above 2 closed and a seccomp
+ * filter. The init then reaps zombies, forwards signals to the app's process group, writes the
+ * app's stdout/stderr as timestamped lines to container.log (rotated to container.log.1) and, when
+ * the app exits, the exit status to the file "exit" in the state directory, and exits with it.
+ *
+ * The environment of paas-init is the app's environment (the daemon builds it).
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <limits.h>
+#include <linux/audit.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <poll.h>
+#include <sched.h>
+#include <signal.h>
+#include <stddef.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/signalfd.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/sysmacros.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define SYNC_FD 3
+#define MAX_LIST 64
+
+static struct {
+    const char *root, *upper, *work, *hostname, *cwd, *state;
+    const char *lowers[MAX_LIST];
+    int nlowers;
+    const char *cgroups[MAX_LIST];
+    int ncgroups;
+    uid_t uid;
+    gid_t gid;
+    long log_max;
+    pid_t target;
+    char **argv;
+} opt = {.uid = 1000, .gid = 1000, .cwd = "/", .log_max = 10L * 1024 * 1024};
+
+static int sync_fd = -1;
+
+static void die(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
+
+static void die(const char *fmt, ...) {
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    if (sync_fd >= 0) dprintf(sync_fd, "error %s\n", msg);
+    dprintf(2, "paas-init: %s\n", msg);
+    _exit(125);
+}
+
+static void parse(int argc, char **argv) {
+    for (int i = 2; i < argc; i++) {
+        const char *a = argv[i];
+        if (strcmp(a, "--") == 0) {
+            opt.argv = &argv[i + 1];
+            break;
+        }
+        if (i + 1 >= argc) die("option %s needs a value", a);
+        const char *v = argv[++i];
+        if (strcmp(a, "--root") == 0) opt.root = v;
+        else if (strcmp(a, "--upper") == 0) opt.upper = v;
+        else if (strcmp(a, "--work") == 0) opt.work = v;
+        else if (strcmp(a, "--hostname") == 0) opt.hostname = v;
+        else if (strcmp(a, "--cwd") == 0) opt.cwd = v;
+        else if (strcmp(a, "--state") == 0) opt.state = v;
+        else if (strcmp(a, "--uid") == 0) opt.uid = (uid_t)strtoul(v, NULL, 10);
+        else if (strcmp(a, "--gid") == 0) opt.gid = (gid_t)strtoul(v, NULL, 10);
+        else if (strcmp(a, "--log-max") == 0) opt.log_max = strtol(v, NULL, 10);
+        else if (strcmp(a, "--pid") == 0) opt.target = (pid_t)strtol(v, NULL, 10);
+        else if (strcmp(a, "--lower") == 0 && opt.nlowers < MAX_LIST) opt.lowers[opt.nlowers++] = v;
+        else if (strcmp(a, "--cgroup") == 0 && opt.ncgroups < MAX_LIST) opt.cgroups[opt.ncgroups++] = v;
+        else die("unknown option %s", a);
+    }
+    if (!opt.argv || !opt.argv[0]) die("no command given");
+    if (opt.uid == 0) die("refusing to run the app as root");
+}
+
+static void join_cgroups(pid_t pid) {
+    char buf[32];
+    int n = snprintf(buf, sizeof buf, "%d\n", pid);
+    for (int i = 0; i < opt.ncgroups; i++) {
+        int fd = open(opt.cgroups[i], O_WRONLY | O_CLOEXEC);
+        if (fd < 0 || write(fd, buf, (size_t)n) != n) die("cannot join cgroup %s: %m", opt.cgroups[i]);
+        close(fd);
+    }
+}
+
+/* --- the app's confinement ------------------------------------------------------------------ */
+
+/* What an app may keep in its bounding set: Docker's default set minus NET_RAW, MKNOD and
+ * AUDIT_WRITE. The app runs as a non-root user, so these only bound what it could ever regain;
+ * no_new_privs already stops setuid binaries and file capabilities. */
+static const int keep_caps[] = {0 /*CHOWN*/,  1 /*DAC_OVERRIDE*/, 3 /*FOWNER*/, 4 /*FSETID*/,
+                                5 /*KILL*/,   6 /*SETGID*/,       7 /*SETUID*/, 8 /*SETPCAP*/,
+                                10 /*NET_BIND_SERVICE*/};
+
+static void drop_bounding_set(void) {
+    for (int cap = 0; cap <= 63; cap++) {
+        int keep = 0;
+        for (size_t k = 0; k < sizeof keep_caps / sizeof keep_caps[0]; k++) keep |= keep_caps[k] == cap;
+        if (keep) continue;
+        if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0 && errno != EINVAL) die("PR_CAPBSET_DROP %d: %m", cap);
+    }
+}
+
+/* Syscalls Docker's default seccomp profile denies to a container without extra capabilities
+ * (moby profiles/seccomp/default.json), answered with EPERM. */
+static const long denied[] = {
+#ifdef SYS_acct
+    SYS_acct,
+#endif
+    SYS_add_key, SYS_bpf, SYS_clock_adjtime, SYS_clock_settime, SYS_delete_module,
+    SYS_finit_module, SYS_init_module, SYS_ioperm, SYS_iopl, SYS_kcmp, SYS_kexec_load,
+#ifdef SYS_kexec_file_load
+    SYS_kexec_file_load,
+#endif
+    SYS_keyctl, SYS_lookup_dcookie, SYS_mbind, SYS_mount, SYS_move_pages, SYS_name_to_handle_at,
+    SYS_open_by_handle_at, SYS_perf_event_open, SYS_pivot_root, SYS_process_vm_readv,
+    SYS_process_vm_writev, SYS_ptrace, SYS_quotactl, SYS_reboot, SYS_request_key,
+    SYS_set_mempolicy, SYS_get_mempolicy, SYS_setns, SYS_settimeofday, SYS_swapon, SYS_swapoff,
+    SYS_sysfs, SYS_umount2, SYS_unshare, SYS_uselib, SYS_userfaultfd, SYS_ustat, SYS_vhangup,
+    SYS_chroot, SYS_syslog, SYS_personality, SYS_create_module, SYS_get_kernel_syms,
+    SYS_query_module, SYS_nfsservctl, SYS__sysctl,
+#ifdef SYS_fsopen
+    SYS_fsopen, SYS_fsconfig, SYS_fsmount, SYS_fspick, SYS_move_mount, SYS_open_tree,
+#endif
+#ifdef SYS_mount_setattr
+    SYS_mount_setattr,
+#endif
+#ifdef SYS_quotactl_fd
+    SYS_quotactl_fd,
+#endif
+};
+
+#define NS_FLAGS (CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWUSER | CLONE_NEWPID | \
+                  CLONE_NEWNET | CLONE_NEWCGROUP | CLONE_NEWTIME)
+
+static void install_seccomp(void) {
+    size_t n = sizeof denied / sizeof denied[0];
+    struct sock_filter f[8 + 2 * (sizeof denied / sizeof denied[0]) + 8];
+    size_t i = 0;
+    f[i++] = (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch));
+    f[i++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_X86_64, 1, 0);
+    f[i++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_KILL_PROCESS);
+    f[i++] = (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr));
+    /* x32 syscalls carry bit 30; refuse them all rather than keep a second table. */
+    f[i++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JGE | BPF_K, 0x40000000, 0, 1);
+    f[i++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM);
+    for (size_t k = 0; k < n; k++) {
+        f[i++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (unsigned)denied[k], 0, 1);
+        f[i++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM);
+    }
+    /* clone3 passes its flags in memory the filter cannot read: ENOSYS makes libc fall back to
+     * clone, whose flags (arg 0) we can check for new namespaces. */
+    f[i++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_clone3, 0, 1);
+    f[i++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | ENOSYS);
+    f[i++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_clone, 0, 3);
+    f[i++] = (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[0]));
+    f[i++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JSET | BPF_K, NS_FLAGS, 0, 1);
+    f[i++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM);
+    f[i++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW);
+    struct sock_fprog prog = {.len = (unsigned short)i, .filter = f};
+    if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog) < 0) die("seccomp: %m");
+}
+
+/* Become the app: called in a freshly forked child, ends in exec or _exit. `errfd` is a
+ * close-on-exec pipe to the parent that carries an error message if exec fails. */
+static void become_app(int errfd) {
+    sigset_t all;
+    sigemptyset(&all);
+    sigprocmask(SIG_SETMASK, &all, NULL);
+    for (int s = 1; s < NSIG; s++) signal(s, SIG_DFL);
+    umask(022);
+    if (setgroups(0, NULL) < 0 || setresgid(opt.gid, opt.gid, opt.gid) < 0) {
+        dprintf(errfd, "cannot set group %u: %m", opt.gid);
+        _exit(126);
+    }
+    drop_bounding_set();
+    if (setresuid(opt.uid, opt.uid, opt.uid) < 0) {
+        dprintf(errfd, "cannot set user %u: %m", opt.uid);
+        _exit(126);
+    }
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) {
+        dprintf(errfd, "no_new_privs: %m");
+        _exit(126);
+    }
+    if (chdir(opt.cwd) < 0) {
+        dprintf(errfd, "cannot change to the working directory %s: %m", opt.cwd);
+        _exit(126);
+    }
+    /* A working directory outside the root (a leaked host directory fd, CVE-2024-21626) shows
+     * as "(unreachable)" in getcwd; refuse to exec from there. */
+    char cwd[PATH_MAX];
+    if (!getcwd(cwd, sizeof cwd) || cwd[0] != '/') {
+        dprintf(errfd, "the working directory is outside the container's root");
+        _exit(126);
+    }
+    /* Every descriptor above 2 closed, except the exec-error pipe (close-on-exec). */
+    if (errfd > 3) syscall(SYS_close_range, 3, errfd - 1, 0);
+    syscall(SYS_close_range, errfd + 1, ~0U, 0);
+    install_seccomp();
+    execvp(opt.argv[0], opt.argv);
+    int e = errno;
+    dprintf(errfd, "cannot run %s: %s", opt.argv[0], strerror(e));
+    dprintf(2, "paas-init: cannot run %s: %s\n", opt.argv[0], strerror(e));
+    _exit(e == ENOENT ? 127 : 126);
+}
+
+/* --- the root filesystem -------------------------------------------------------------------- */
+
+static void mnt(const char *src, const char *dst, const char *type, unsigned long flags, const char *data) {
+    if (mount(src, dst, type, flags, data) < 0) die("mount %s on %s: %m", type ? type : (src ? src : "(remount)"), dst);
+}
+
+static void mkdir_p(const char *path, mode_t mode) {
+    if (mkdir(path, mode) < 0 && errno != EEXIST) die("mkdir %s: %m", path);
+}
+
+static void make_dev(void) {
+    static const struct { const char *name; unsigned maj, min; } devs[] = {
+        {"null", 1, 3}, {"zero", 1, 5}, {"full", 1, 7}, {"random", 1, 8}, {"urandom", 1, 9}, {"tty", 5, 0},
+    };
+    mkdir_p("dev", 0755);
+    mnt("tmpfs", "dev", "tmpfs", MS_NOSUID | MS_NOEXEC | MS_STRICTATIME, "mode=755,size=65536k");
+    for (size_t i = 0; i < sizeof devs / sizeof devs[0]; i++) {
+        char p[64];
+        snprintf(p, sizeof p, "dev/%s", devs[i].name);
+        if (mknod(p, S_IFCHR | 0666, makedev(devs[i].maj, devs[i].min)) < 0) die("mknod %s: %m", p);
+        if (chmod(p, 0666) < 0) die("chmod %s: %m", p);
+    }
+    mkdir_p("dev/pts", 0755);
+    mnt("devpts", "dev/pts", "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620");
+    mkdir_p("dev/shm", 01777);
+    mnt("shm", "dev/shm", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=1777,size=65536k");
+    mkdir_p("dev/mqueue", 0755);
+    static const char *links[][2] = {
+        {"pts/ptmx", "dev/ptmx"}, {"/proc/self/fd", "dev/fd"}, {"/proc/self/fd/0", "dev/stdin"},
+        {"/proc/self/fd/1", "dev/stdout"}, {"/proc/self/fd/2", "dev/stderr"},
+    };
+    for (size_t i = 0; i < sizeof links / sizeof links[0]; i++)
+        if (symlink(links[i][0], links[i][1]) < 0) die("symlink %s: %m", links[i][1]);
+}
+
+static const char *masked[] = {
+    "/proc/asound", "/proc/acpi", "/proc/interrupts", "/proc/kcore", "/proc/keys",
+    "/proc/latency_stats", "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug",
+    "/proc/scsi", "/sys/firmware", "/sys/devices/virtual/powercap",
+};
+static const char *readonly[] = {"/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"};
+
+static void mask_paths(void) {
+    /* Mask with the container's own /dev/null, after checking it is the real device: a
+     * symlink or a different node there would turn the mask into an attack (CVE-2025-31133). */
+    int nullfd = open("/dev/null", O_PATH | O_NOFOLLOW | O_CLOEXEC);
+    struct stat st;
+    if (nullfd < 0 || fstat(nullfd, &st) < 0) die("open /dev/null: %m");
+    if (!S_ISCHR(st.st_mode) || st.st_rdev != makedev(1, 3)) die("/dev/null is not the null device");
+    char nullpath[64];
+    snprintf(nullpath, sizeof nullpath, "/proc/self/fd/%d", nullfd);
+    for (size_t i = 0; i < sizeof masked / sizeof masked[0]; i++) {
+        if (lstat(masked[i], &st) < 0) continue;
+        if (S_ISDIR(st.st_mode)) mnt("tmpfs", masked[i], "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=0");
+        else mnt(nullpath, masked[i], NULL, MS_BIND, NULL);
+    }
+    close(nullfd);
+    for (size_t i = 0; i < sizeof readonly / sizeof readonly[0]; i++) {
+        if (lstat(readonly[i], &st) < 0) continue;
+        mnt(readonly[i], readonly[i], NULL, MS_BIND | MS_REC, NULL);
+        mnt(NULL, readonly[i], NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
+    }
+}
+
+static void build_root(void) {
+    umask(0);
+    mnt(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL);
+    /* overlayfs wants the top layer first; the daemon gives them bottom first. */
+    char data[8192];
+    size_t off = (size_t)snprintf(data, sizeof data, "lowerdir=");
+    for (int i = opt.nlowers - 1; i >= 0; i--) {
+        off += (size_t)snprintf(data + off, sizeof data - off, "%s%s", opt.lowers[i], i ? ":" : "");
+        if (off >= sizeof data) die("too many or too long layer paths");
+    }
+    off += (size_t)snprintf(data + off, sizeof data - off, ",upperdir=%s,workdir=%s", opt.upper, opt.work);
+    if (off >= sizeof data) die("too many or too long layer paths");
+    mnt("overlay", opt.root, "overlay", MS_NOSUID | MS_NODEV, data);
+    if (chdir(opt.root) < 0) die("chdir %s: %m", opt.root);
+    mkdir_p("proc", 0555);
+    mnt("proc", "proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
+    mkdir_p("sys", 0555);
+    mnt("sysfs", "sys", "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
+    make_dev();
+    mkdir_p("tmp", 01777);
+    /* pivot_root(".", ".") stacks the old root under the new one; detach it (pivot_root(2)). */
+    if (syscall(SYS_pivot_root, ".", ".") < 0) die("pivot_root: %m");
+    if (umount2(".", MNT_DETACH) < 0) die("umount old root: %m");
+    if (chdir("/") < 0) die("chdir /: %m");
+    mask_paths();
+    if (opt.hostname && sethostname(opt.hostname, strlen(opt.hostname)) < 0) die("sethostname: %m");
+}
+
+/* --- PID 1 ---------------------------------------------------------------------------------- */
+
+struct stream { int fd; const char *name; char buf[16384]; size_t len; };
+static int state_fd = -1, log_fd = -1;
+static long log_size;
+
+static void log_open(void) {
+    log_fd = openat(state_fd, "container.log", O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
+    struct stat st;
+    log_size = (log_fd >= 0 && fstat(log_fd, &st) == 0) ? st.st_size : 0;
+}
+
+static void log_line(const char *stream, const char *line, size_t n) {
+    if (log_fd < 0) return;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    struct tm tm;
+    gmtime_r(&ts.tv_sec, &tm);
+    char head[64];
+    int h = snprintf(head, sizeof head, "%04d-%02d-%02dT%02d:%02d:%02d.%06ldZ %s ", tm.tm_year + 1900,
+                     tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000, stream);
+    char out[sizeof head + 16384 + 1];
+    memcpy(out, head, (size_t)h);
+    memcpy(out + h, line, n);
+    out[(size_t)h + n] = '\n';
+    ssize_t w = write(log_fd, out, (size_t)h + n + 1);
+    if (w > 0) log_size += w;
+    if (opt.log_max > 0 && log_size >= opt.log_max) {
+        close(log_fd);
+        renameat(state_fd, "container.log", state_fd, "container.log.1");
+        log_open();
+    }
+}
+
+/* Read what is there; write whole lines; a line longer than the buffer is written in pieces. */
+static int pump(struct stream *s, int final) {
+    ssize_t r = read(s->fd, s->buf + s->len, sizeof s->buf - s->len);
+    if (r <= 0 && !(r < 0 && (errno == EINTR || errno == EAGAIN))) {
+        if (s->len) log_line(s->name, s->buf, s->len);
+        s->len = 0;
+        return -1;
+    }
+    if (r > 0) s->len += (size_t)r;
+    size_t start = 0;
+    for (size_t i = 0; i < s->len; i++) {
+        if (s->buf[i] == '\n') {
+            log_line(s->name, s->buf + start, i - start);
+            start = i + 1;
+        }
+    }
+    memmove(s->buf, s->buf + start, s->len - start);
+    s->len -= start;
+    if (s->len == sizeof s->buf || (final && s->len)) {
+        log_line(s->name, s->buf, s->len);
+        s->len = 0;
+    }
+    return 0;
+}
+
+static void record_exit(int status) {
+    char buf[64];
+    int code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    int sig = WIFSIGNALED(status) ? WTERMSIG(status) : 0;
+    int n = snprintf(buf, sizeof buf, "%d %d\n", code, sig);
+    int fd = openat(state_fd, "exit.tmp", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
+    if (fd >= 0) {
+        if (write(fd, buf, (size_t)n) == n) renameat(state_fd, "exit.tmp", state_fd, "exit");
+        close(fd);
+    }
+}
+
+static void init_main(void) {
+    build_root();
+    char go;
+    if (read(sync_fd, &go, 1) != 1) _exit(125); /* the daemon gave up on us */
+    int out[2], err[2], ep[2];
+    if (pipe2(out, O_CLOEXEC) < 0 || pipe2(err, O_CLOEXEC) < 0 || pipe2(ep, O_CLOEXEC) < 0) die("pipe: %m");
+    sigset_t set;
+    sigfillset(&set);
+    sigprocmask(SIG_BLOCK, &set, NULL);
+    int sfd = signalfd(-1, &set, SFD_CLOEXEC);
+    if (sfd < 0) die("signalfd: %m");
+    pid_t app = fork();
+    if (app < 0) die("fork: %m");
+    if (app == 0) {
+        setsid();
+        int nul = open("/dev/null", O_RDONLY);
+        if (nul < 0 || dup2(nul, 0) < 0 || dup2(out[1], 1) < 0 || dup2(err[1], 2) < 0) _exit(126);
+        become_app(ep[1]);
+    }
+    close(out[1]);
+    close(err[1]);
+    close(ep[1]);
+    char msg[512];
+    ssize_t n = read(ep[0], msg, sizeof msg - 1);
+    close(ep[0]);
+    if (n > 0) {
+        msg[n] = 0;
+        dprintf(sync_fd, "error %s\n", msg);
+    } else {
+        dprintf(sync_fd, "ok %d\n", app);
+    }
+    close(sync_fd);
+    sync_fd = -1;
+    /* The init itself keeps the capabilities it needs to signal the app; no_new_privs and the
+     * same seccomp filter apply to it, so a compromised init cannot mount or ptrace either. */
+    drop_bounding_set();
+    prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+    install_seccomp();
+
+    struct stream so = {.fd = out[0], .name = "stdout"}, se = {.fd = err[0], .name = "stderr"};
+    struct pollfd pf[3] = {{sfd, POLLIN, 0}, {so.fd, POLLIN, 0}, {se.fd, POLLIN, 0}};
+    int app_status = -1;
+    for (;;) {
+        if (poll(pf, 3, -1) < 0 && errno != EINTR) break;
+        if (pf[1].revents && pump(&so, 0) < 0) pf[1].fd = -1;
+        if (pf[2].revents && pump(&se, 0) < 0) pf[2].fd = -1;
+        if (pf[0].revents & POLLIN) {
+            struct signalfd_siginfo si;
+            if (read(sfd, &si, sizeof si) != sizeof si) continue;
+            if (si.ssi_signo == SIGCHLD) {
+                int st;
+                pid_t p;
+                while ((p = waitpid(-1, &st, WNOHANG)) > 0)
+                    if (p == app) app_status = st;
+            } else if (kill(-app, (int)si.ssi_signo) < 0) {
+                kill(app, (int)si.ssi_signo);
+            }
+        }
+        if (app_status >= 0) break;
+    }
+    /* Drain what the app wrote last without waiting on descendants that keep the pipes open. */
+    fcntl(so.fd, F_SETFL, O_NONBLOCK);
+    fcntl(se.fd, F_SETFL, O_NONBLOCK);
+    for (int i = 0; i < 64 && pump(&so, 1) == 0; i++) {}
+    for (int i = 0; i < 64 && pump(&se, 1) == 0; i++) {}
+    record_exit(app_status);
+    _exit(WIFEXITED(app_status) ? WEXITSTATUS(app_status) : 128 + WTERMSIG(app_status));
+}
+
+static int run_main(void) {
+    if (!opt.root || !opt.upper || !opt.work || !opt.state || opt.nlowers == 0)
+        die("run needs --root, --upper, --work, --state and at least one --lower");
+    state_fd = open(opt.state, O_DIRECTORY | O_PATH | O_CLOEXEC);
+    if (state_fd < 0) die("open state directory %s: %m", opt.state);
+    join_cgroups(getpid());
+    if (unshare(CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET | CLONE_NEWCGROUP | CLONE_NEWPID) < 0)
+        die("unshare: %m");
+    pid_t init = fork();
+    if (init < 0) die("fork: %m");
+    if (init == 0) {
+        /* If the daemon dies before we are running, do not linger. */
+        log_open();
+        if (log_fd < 0) die("open container.log: %m");
+        init_main();
+    }
+    dprintf(sync_fd, "pid %d\n", init);
+    return 0;
+}
+
+/* --- exec into a running container ----------------------------------------------------------- */
+
+static int exec_main(void) {
+    if (opt.target <= 0) die("exec needs --pid");
+    static const char *kinds[] = {"ipc", "uts", "net", "pid", "cgroup", "mnt"};
+    int fds[6];
+    char p[64];
+    snprintf(p, sizeof p, "/proc/%d/root", opt.target);
+    int rootfd = open(p, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (rootfd < 0) die("container process %d is gone: %m", opt.target);
+    for (int i = 0; i < 6; i++) {
+        snprintf(p, sizeof p, "/proc/%d/ns/%s", opt.target, kinds[i]);
+        fds[i] = open(p, O_RDONLY | O_CLOEXEC);
+        if (fds[i] < 0) die("open %s: %m", p);
+    }
+    join_cgroups(getpid());
+    for (int i = 0; i < 6; i++)
+        if (setns(fds[i], 0) < 0) die("setns %s: %m", kinds[i]);
+    if (fchdir(rootfd) < 0 || chroot(".") < 0 || chdir("/") < 0) die("enter the container's root: %m");
+    int ep[2];
+    if (pipe2(ep, O_CLOEXEC) < 0) die("pipe: %m");
+    pid_t child = fork();
+    if (child < 0) die("fork: %m");
+    if (child == 0) {
+        close(ep[0]);
+        become_app(ep[1]);
+    }
+    close(ep[1]);
+    char msg[512];
+    ssize_t n = read(ep[0], msg, sizeof msg - 1);
+    if (n > 0) {
+        msg[n] = 0;
+        dprintf(2, "paas-init: %s\n", msg);
+    }
+    int st;
+    while (waitpid(child, &st, 0) < 0 && errno == EINTR) {}
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) {
+        dprintf(2, "usage: paas-init run|exec [options] -- command [args...]\n");
+        return 2;
+    }
+    parse(argc, argv);
+    if (strcmp(argv[1], "run") == 0) {
+        sync_fd = SYNC_FD;
+        return run_main();
+    }
+    if (strcmp(argv[1], "exec") == 0) return exec_main();
+    die("unknown mode %s", argv[1]);
+}
