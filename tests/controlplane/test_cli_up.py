@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import queue
 import re
@@ -209,3 +210,33 @@ def test_it_refuses_a_bad_bind_address_with_a_message(up_env: dict[str, str]) ->
     assert result.returncode != 0
     assert "PAAS_BIND must be host:port" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_it_creates_a_user_with_a_token_from_the_shell(
+    db: None, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from django.contrib.auth import get_user_model
+    from django.core.management import call_command
+
+    from core.models import ApiToken
+
+    out, err = io.StringIO(), io.StringIO()
+    monkeypatch.setattr(sys, "stdin", io.StringIO("a long enough password\n"))
+    call_command("user_create", "zoe", "--email", "zoe@example.com", "--password-stdin",
+                 "--token", stdout=out, stderr=err)
+    token = out.getvalue().strip()
+    user = get_user_model().objects.get(username="zoe")
+    assert user.check_password("a long enough password")
+    assert not user.is_staff
+    assert ApiToken.objects.get(user=user).prefix == token[:12]
+    assert "Created user zoe." in err.getvalue()
+
+
+def test_it_refuses_a_taken_user_name_with_the_actions_message(db: None) -> None:
+    from django.core.management import CommandError, call_command
+
+    call_command("user_create", "yan", stderr=io.StringIO())
+    with pytest.raises(CommandError, match="The name 'yan' is taken"):
+        call_command("user_create", "yan", stderr=io.StringIO())
+    with pytest.raises(CommandError, match="Name must be 1 to 40 lowercase"):
+        call_command("user_create", "Not A Name", stderr=io.StringIO())
