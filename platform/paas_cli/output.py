@@ -63,15 +63,19 @@ def print_table(
         out.print(empty)
         return
     formatters = formatters or {}
+    cells = [[formatters.get(key, text)(row.get(key)) for key, _heading in columns] for row in rows]
+    if not sys.stdout.isatty():
+        # In a pipe: plain aligned columns, no box drawing, no trailing blanks (grep/awk-able).
+        headings = [heading for _key, heading in columns]
+        widths = [max(len(c) for c in col) for col in zip(headings, *cells, strict=True)]
+        for line in [headings, *cells]:
+            print("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip())
+        return
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, highlight=False)
     for _key, heading in columns:
         table.add_column(heading, overflow="fold")
-    for row in rows:
-        cells = []
-        for key, _heading in columns:
-            fmt = formatters.get(key, text)
-            cells.append(fmt(row.get(key)))
-        table.add_row(*cells)
+    for line in cells:
+        table.add_row(*line)
     out.print(table)
 
 
