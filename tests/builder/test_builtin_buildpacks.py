@@ -1,0 +1,228 @@
+"""The built-in buildpacks build the sample apps, whose web process then answers on $PORT.
+
+These install real packages from PyPI and the npm registry; the cache directory is shared by
+the builds of one test run.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from builder.buildpack import BUILTIN_DIR, BuildRequest, build
+from builder.executor import HostExecutor
+
+from .conftest import APPS, Output
+
+SELECT_PYTHON = BUILTIN_DIR / "python" / "lib" / "select-python"
+LOCKFILE = BUILTIN_DIR / "python" / "lib" / "lockfile.py"
+
+
+@pytest.fixture(scope="module")
+def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+def _build(app: str, tmp_path: Path, cache: Path, output: Output):  # type: ignore[no-untyped-def]
+    req = BuildRequest(
+        app="sample-" + app, source_dir=APPS / app, work_dir=tmp_path / "work", cache_dir=cache,
+        build_id="b1", commit="0" * 40, timeout=600,
+    )
+    return build(req, HostExecutor(), output.append)
+
+
+@pytest.mark.slow
+def test_it_builds_and_runs_the_flask_app_under_gunicorn(
+    tmp_path: Path, shared_cache: Path, output: Output, run_web: Callable[..., str]
+) -> None:
+    result = _build("flask", tmp_path, shared_cache, output)
+    assert output[0] == "-----> Python app detected"
+    assert any(line.startswith("       Using Python 3.11.") for line in output)
+    assert "-----> Installing dependencies from requirements.txt" in output
+    assert (shared_cache / "pip").is_dir()
+    assert run_web(result.app_dir, result.process_types.types["web"]) == "Hello from Flask on paas"
+    # Console scripts find the virtualenv through PATH, so the slug still works at /app.
+    assert (result.app_dir / ".venv" / "bin" / "gunicorn").read_text().startswith("#!/usr/bin/env python3\n")
+
+
+@pytest.mark.slow
+def test_it_builds_and_runs_the_express_app_with_npm_ci(
+    tmp_path: Path, shared_cache: Path, output: Output, run_web: Callable[..., str]
+) -> None:
+    result = _build("express", tmp_path, shared_cache, output)
+    assert output[0] == "-----> Node.js app detected"
+    assert "-----> Installing dependencies with npm ci" in output
+    assert any("engines.node is >=18; the stack's Node.js v" in line for line in output)
+    assert result.process_types.types == {"web": "npm start"}
+    assert (shared_cache / "npm").is_dir()
+    assert run_web(result.app_dir, "npm start") == "Hello from Express on paas"
+
+
+def test_it_builds_and_serves_the_static_site(
+    tmp_path: Path, shared_cache: Path, output: Output, run_web: Callable[..., str]
+) -> None:
+    result = _build("static", tmp_path, shared_cache, output)
+    assert result.kinds == ("Static site",)
+    page = run_web(result.app_dir, result.process_types.types["web"])
+    assert "<h1>Hello from a static site on paas</h1>" in page
+
+
+def test_it_builds_and_runs_the_procfile_only_shell_app(
+    tmp_path: Path, shared_cache: Path, output: Output, run_web: Callable[..., str]
+) -> None:
+    result = _build("shell", tmp_path, shared_cache, output)
+    assert result.kinds == ("Procfile",)
+    page = run_web(result.app_dir, result.process_types.types["web"], "/cgi-bin/hello")
+    assert page.startswith("Hello from a shell app on paas")
+
+
+# -- the Python buildpack's helpers ---------------------------------------------------------
+
+
+@pytest.fixture
+def fake_stack(tmp_path: Path) -> Path:
+    """A PATH directory holding python3.9 and python3.12 that only report their version."""
+    bindir = tmp_path / "stack-bin"
+    bindir.mkdir()
+    for version in ("3.9.18", "3.12.4"):
+        exe = bindir / ("python" + version.rsplit(".", 1)[0])
+        exe.write_text(f"#!/bin/sh\necho {version}\n")
+        exe.chmod(0o755)
+    return bindir
+
+
+def select(fake_stack: Path, *args: str) -> tuple[str, str]:
+    proc = subprocess.run(
+        [str(SELECT_PYTHON), *args], env={"PATH": f"{fake_stack}:/usr/bin:/bin"},
+        capture_output=True, text=True, check=True,
+    )
+    return proc.stdout.strip(), proc.stderr
+
+
+def test_it_uses_the_python_the_app_asks_for_when_the_stack_has_it(fake_stack: Path) -> None:
+    exe, said = select(fake_stack, "3.9", ".python-version")
+    assert exe == str(fake_stack / "python3.9")
+    assert "Using Python 3.9.18 (.python-version asks for 3.9)" in said
+
+
+def test_it_says_which_patch_release_it_uses_instead(fake_stack: Path) -> None:
+    exe, said = select(fake_stack, "python-3.12.1", "runtime.txt")
+    assert exe == str(fake_stack / "python3.12")
+    assert "runtime.txt asks for Python 3.12.1; the stack has 3.12.4, which is used" in said
+
+
+def test_it_falls_back_to_the_newest_python_with_a_clear_message(fake_stack: Path) -> None:
+    exe, said = select(fake_stack, "3.7", ".python-version")
+    assert exe == str(fake_stack / "python3.12")
+    assert ".python-version asks for Python 3.7, which this stack does not have" in said
+    assert "using the stack's newest, 3.12" in said
+    exe, said = select(fake_stack, "latest please", ".python-version")
+    assert exe == str(fake_stack / "python3.12")
+    assert "not a version like 3.12 or 3.12.4" in said
+
+
+UV_LOCK = """
+version = 1
+requires-python = ">=3.11"
+
+[[package]]
+name = "shop"
+version = "0.1.0"
+source = { editable = "." }
+dependencies = [
+    { name = "flask" },
+    { name = "colorama", marker = "sys_platform == 'win32'" },
+    { name = "httpx", extra = ["http2"] },
+]
+
+[package.dev-dependencies]
+dev = [{ name = "pytest" }]
+
+[[package]]
+name = "flask"
+version = "3.1.0"
+source = { registry = "https://pypi.org/simple" }
+dependencies = [{ name = "click" }]
+
+[[package]]
+name = "click"
+version = "8.1.7"
+source = { registry = "https://pypi.org/simple" }
+
+[[package]]
+name = "colorama"
+version = "0.4.6"
+source = { registry = "https://pypi.org/simple" }
+
+[[package]]
+name = "httpx"
+version = "0.27.0"
+source = { registry = "https://pypi.org/simple" }
+
+[package.optional-dependencies]
+http2 = [{ name = "h2" }]
+
+[[package]]
+name = "h2"
+version = "4.1.0"
+source = { git = "https://github.com/python-hyper/h2?rev=v4.1.0#abc" }
+
+[[package]]
+name = "pytest"
+version = "8.3.0"
+source = { registry = "https://pypi.org/simple" }
+"""
+
+
+def lockfile(tmp_path: Path, name: str, text: str) -> subprocess.CompletedProcess[str]:
+    (tmp_path / name).write_text(text)
+    return subprocess.run(
+        [sys.executable, str(LOCKFILE), name], cwd=tmp_path, capture_output=True, text=True, check=False
+    )
+
+
+def test_it_installs_uv_lock_run_time_dependencies_without_dev_ones(tmp_path: Path) -> None:
+    proc = lockfile(tmp_path, "uv.lock", UV_LOCK)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [
+        "click==8.1.7",
+        "colorama==0.4.6 ; (sys_platform == 'win32')",
+        "flask==3.1.0",
+        "h2 @ git+https://github.com/python-hyper/h2?rev=v4.1.0#abc",
+        "httpx==0.27.0",
+    ]
+
+
+def test_it_installs_the_default_section_of_pipfile_lock(tmp_path: Path) -> None:
+    lock = {
+        "_meta": {},
+        "default": {
+            "flask": {"version": "==3.1.0", "hashes": []},
+            "pywin32": {"version": "==306", "markers": "sys_platform == 'win32'"},
+        },
+        "develop": {"pytest": {"version": "==8.3.0"}},
+    }
+    proc = lockfile(tmp_path, "Pipfile.lock", json.dumps(lock))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["flask==3.1.0", "pywin32==306 ; sys_platform == 'win32'"]
+
+
+def test_it_explains_a_broken_lock_file(tmp_path: Path) -> None:
+    proc = lockfile(tmp_path, "uv.lock", "version = [")
+    assert proc.returncode == 1
+    assert proc.stderr.startswith(" !     uv.lock is not valid TOML")
+    proc = lockfile(tmp_path, "Pipfile.lock", "{}")
+    assert proc.stderr.strip() == "!     Pipfile.lock has no 'default' section"
+
+
+def test_it_ships_every_builtin_script_as_an_executable_bash_script() -> None:
+    scripts = sorted(BUILTIN_DIR.glob("*/bin/*"))
+    assert {s.parent.parent.name for s in scripts} == {"nodejs", "python", "static", "procfile"}
+    for script in scripts:
+        assert script.stat().st_mode & 0o111, f"{script} is not executable"
+        assert script.read_text().startswith("#!/usr/bin/env bash\n"), script
