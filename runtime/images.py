@@ -30,6 +30,7 @@ import shutil
 import stat
 import tarfile
 import tempfile
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -382,11 +383,12 @@ class ImageStore:
 
     # -- garbage collection -----------------------------------------------------------------
 
-    def gc(self, keep: Iterable[str] = ()) -> list[str]:
+    def gc(self, keep: Iterable[str] = (), grace_s: float = 600.0) -> list[str]:
         """Delete blobs and unpacked layers no named image (nor `keep`) references.
 
-        `keep` holds manifest digests still in use (e.g. by running containers). Return the
-        digests deleted.
+        `keep` holds manifest digests still in use (e.g. by running containers). Blobs written
+        less than `grace_s` seconds ago are kept: an import in another process may not have
+        named its image yet. Return the digests deleted.
         """
         with self._locked():
             live: set[str] = set()
@@ -406,13 +408,16 @@ class ImageStore:
                 for layer in manifest.get("layers", []):
                     live.add(str(layer["digest"]))
             deleted = []
+            young = time.time() - grace_s
             for blob in self.blobs.iterdir():
                 digest = "sha256:" + blob.name
-                if digest not in live:
+                if digest not in live and blob.stat().st_mtime < young:
                     blob.unlink()
                     deleted.append(digest)
             for layer in self.layers_dir.iterdir():
-                if "sha256:" + layer.name not in live:
+                if "sha256:" + layer.name not in live and not self.blob_path(
+                    "sha256:" + layer.name
+                ).exists():
                     _rmtree_layer(layer)
             # Half-unpacked layers left by a crash (unpacking happens under this lock).
             for leftover in self.tmp.glob("layer-*"):
