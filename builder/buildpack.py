@@ -171,8 +171,14 @@ class _Build:
         if not req.source_dir.is_dir():
             raise BuildError(f"the source directory {req.source_dir} does not exist")
         check_source(req.source_dir, req.max_file_bytes)
-        req.work_dir.mkdir(parents=True)
-        copy_source(req.source_dir, self.app_dir)
+        try:
+            req.work_dir.mkdir(parents=True)
+        except FileExistsError:
+            raise BuildError(f"the build directory {req.work_dir} already exists") from None
+        try:
+            copy_source(req.source_dir, self.app_dir)
+        except (OSError, shutil.Error) as e:
+            raise BuildError(f"cannot copy the source into the build directory: {e}") from None
         for d in (self.env_dir, self.bp_dir, self.home, self.tmp):
             d.mkdir()
         for name, value in req.config.items():

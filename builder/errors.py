@@ -10,8 +10,8 @@ class BuildError(Exception):
 class ProcfileError(BuildError):
     """A Procfile line is malformed; the message names the line number and the problem."""
 
-    def __init__(self, line: int, problem: str) -> None:
-        super().__init__(f"Procfile line {line}: {problem}")
+    def __init__(self, line: int | None, problem: str) -> None:
+        super().__init__(f"Procfile line {line}: {problem}" if line else f"Procfile: {problem}")
         self.line = line
         self.problem = problem
 

@@ -78,12 +78,12 @@ def read_procfile(app_dir: Path) -> dict[str, str] | None:
     """Return the process types of `app_dir/Procfile`, or None when there is none."""
     path = app_dir / "Procfile"
     if path.is_symlink() or (path.exists() and not path.is_file()):
-        raise ProcfileError(0, "Procfile must be a regular file")
+        raise ProcfileError(None, "the Procfile must be a regular file, not a symlink or directory")
     if not path.exists():
         return None
     data = path.read_bytes()
     if len(data) > MAX_PROCFILE_BYTES:
-        raise ProcfileError(0, f"the Procfile is larger than {MAX_PROCFILE_BYTES} bytes")
+        raise ProcfileError(None, f"the Procfile is larger than {MAX_PROCFILE_BYTES} bytes")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:

@@ -84,3 +84,10 @@ def test_it_warns_when_the_procfile_web_command_ignores_port() -> None:
 
 def test_it_warns_when_there_is_no_web_type() -> None:
     assert "No web process type" in resolve_process_types({"worker": "w"}, {}).warnings[0]
+
+
+def test_it_refuses_a_procfile_that_is_a_symlink(tmp_path: Path) -> None:
+    (tmp_path / "real").write_text("web: ok\n")
+    (tmp_path / "Procfile").symlink_to("real")
+    with pytest.raises(ProcfileError, match=r"^Procfile: the Procfile must be a regular file"):
+        read_procfile(tmp_path)
