@@ -27,6 +27,14 @@ BUCKET_FIELDS = (*tuple(f"latency_ms_le_{b}" for b in BUCKETS), "latency_ms_le_i
 STATUS_FIELDS = ("status_1xx", "status_1xx", "status_2xx", "status_3xx", "status_4xx", "status_5xx")
 MINUTE_TTL = 24 * 3600
 
+# KEYS[1]: the app's log stream; ARGV[1]: the cap; then (time, line) pairs.
+XADD_MANY = """
+for i = 2, #ARGV, 2 do
+  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'time', ARGV[i], 'tag', 'router', 'line', ARGV[i + 1])
+end
+return (#ARGV - 1) / 2
+"""
+
 
 def metrics_key(app: str) -> str:
     return f"paas:metrics:router:{app}"
@@ -62,10 +70,11 @@ class Recorder:
         self.max_lines = max_lines
         self.clock = clock
         self.stats: dict[str, AppStats] = {}
-        self.lines: list[tuple[str, float, str]] = []
+        self.lines: list[tuple[str, float, object]] = []
         self.dropped_lines = 0
 
-    def record(self, app: str, status: int, ms: float, bytes_in: int, bytes_out: int, line: str) -> None:
+    def record(self, app: str, status: int, ms: float, bytes_in: int, bytes_out: int, line: object) -> None:
+        """Count one request; `line` becomes the access-log line through str() at flush time."""
         stats = self.stats.get(app)
         if stats is None:
             stats = self.stats[app] = AppStats()
@@ -96,11 +105,17 @@ class Recorder:
                 commands.append(("HINCRBY", total, name, amount))
                 commands.append(("HINCRBY", per_minute, name, amount))
             commands.append(("EXPIRE", per_minute, MINUTE_TTL))
+        # One script call per app and flush rather than one XADD command per request: building
+        # thousands of commands in the client costs more than the requests they describe.
+        per_app: dict[str, list[str]] = {}
         for app, when, line in lines:
-            commands.append(
-                ("XADD", logs_key(app), "MAXLEN", "~", self.log_maxlen, "*",
-                 "time", f"{when:.6f}", "tag", "router", "line", line)
-            )
+            args = per_app.get(app)
+            if args is None:
+                args = per_app[app] = [str(self.log_maxlen)]
+            args.append(f"{when:.6f}")
+            args.append(str(line))
+        for app, args in per_app.items():
+            commands.append(("EVAL", XADD_MANY, 1, logs_key(app), *args))
         return commands
 
     def pending(self) -> bool:

@@ -168,6 +168,28 @@ class Exchange:
         self.recorded = False
 
 
+class AccessLine:
+    """An access-log line, formatted only when the recorder flushes (off the request path)."""
+
+    __slots__ = ("client_ip", "elapsed", "ex", "proto")
+
+    def __init__(self, ex: Exchange, client_ip: str, proto: bytes, elapsed: float) -> None:
+        self.ex = ex
+        self.client_ip = client_ip
+        self.proto = proto
+        self.elapsed = elapsed
+
+    def __str__(self) -> str:
+        ex = self.ex
+        at = f"error code={ex.error_code}" if ex.error_code else "info"
+        return (
+            f'at={at} method={ex.method.decode("latin-1")} path="{ex.target.decode("latin-1")}" '
+            f'host={ex.info.host} request_id={ex.request_id} fwd="{self.client_ip}" '
+            f'endpoint={ex.endpoint.key if ex.endpoint else "-"} service={self.elapsed:.0f}ms '
+            f"status={ex.status} bytes={ex.bytes_out} protocol={self.proto.decode()}"
+        )
+
+
 class ClientConnection(asyncio.Protocol):
     """One client socket: parse requests, route them, relay responses."""
 
@@ -192,6 +214,9 @@ class ClientConnection(asyncio.Protocol):
         self.closing = False
         self.closed = False
         self.timer: asyncio.TimerHandle | None = None
+        self.deadline = 0.0
+        self.on_deadline: Callable[[], None] | None = None
+        self.batch: list[bytes] | None = None  # writes gathered while an app chunk is parsed
         self.loop = asyncio.get_event_loop()
 
     # --- connection events -------------------------------------------------------------------
@@ -208,6 +233,9 @@ class ClientConnection(asyncio.Protocol):
         self.closed = True
         self.worker.clients.discard(self)
         self._disarm()
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         if self.tunnel is not None:
             self.tunnel.close()
             self.tunnel = None
@@ -447,7 +475,7 @@ class ClientConnection(asyncio.Protocol):
             if ex.http11:
                 plan = response_head(status, reason, headers, head_request=False, client_http11=True,
                                      client_keep_alive=True, via=self.worker.via)
-                self.transport.write(plan.head)
+                self._write(plan.head)
             conn.interim = True
             self._arm(self.config.first_byte_timeout, self._first_byte_expired)
             return
@@ -460,7 +488,7 @@ class ClientConnection(asyncio.Protocol):
         )
         ex.plan = plan
         ex.status = status
-        self.transport.write(plan.head)
+        self._write(plan.head)
         ex.last_activity = self.loop.time()
         if upgraded:
             self._start_tunnel(ex, conn)
@@ -479,9 +507,11 @@ class ClientConnection(asyncio.Protocol):
             return
         ex.bytes_out += len(body)
         if ex.plan.framing == CHUNKED:
-            self.transport.writelines((b"%x\r\n" % len(body), body, b"\r\n"))
+            self._write(b"%x\r\n" % len(body))
+            self._write(body)
+            self._write(b"\r\n")
         else:
-            self.transport.write(body)
+            self._write(body)
         ex.last_activity = self.loop.time()
 
     def response_complete(self, conn: BackendConnection, app_keep_alive: bool) -> None:
@@ -528,6 +558,7 @@ class ClientConnection(asyncio.Protocol):
         self._record(ex)
         self.current = None
         if self.transport is not None:
+            self.batch = None
             self.transport.abort()
 
     def backend_garbled(self, conn: BackendConnection) -> None:
@@ -542,6 +573,7 @@ class ClientConnection(asyncio.Protocol):
             ex.error_code = "app_garbled"
             self._record(ex)
             self.current = None
+            self.batch = None
             if self.transport is not None:
                 self.transport.abort()
 
@@ -552,7 +584,7 @@ class ClientConnection(asyncio.Protocol):
         plan = ex.plan
         assert plan is not None and self.transport is not None
         if plan.framing == CHUNKED:
-            self.transport.write(b"0\r\n\r\n")
+            self._write(b"0\r\n\r\n")
         self._release(ex, reusable=reusable)
         self._record(ex)
         self.current = None
@@ -579,7 +611,7 @@ class ClientConnection(asyncio.Protocol):
             return
         keep_alive = ex.keep_alive and ex.body_done and not self.closing and not self.worker.draining
         data = error_response(status, code, message, ex.request_id, keep_alive=keep_alive)
-        self.transport.write(data)
+        self._write(data)
         ex.status = status
         ex.error_code = code
         ex.bytes_out = len(data)
@@ -604,7 +636,7 @@ class ClientConnection(asyncio.Protocol):
         request_id = new_request_id()
         log.warning('at=error code=%s status=%d request_id=%s fwd="%s"', code, status, request_id, self.client_ip)
         if self.transport is not None:
-            self.transport.write(error_response(status, code, message, request_id, keep_alive=False))
+            self._write(error_response(status, code, message, request_id, keep_alive=False))
         self._close()
 
     def _record(self, ex: Exchange) -> None:
@@ -612,14 +644,7 @@ class ClientConnection(asyncio.Protocol):
             return
         ex.recorded = True
         elapsed = (time.monotonic() - ex.start) * 1000.0
-        at = "error" if ex.error_code else "info"
-        code = f" code={ex.error_code}" if ex.error_code else ""
-        line = (
-            f'at={at}{code} method={ex.method.decode("latin-1")} path="{ex.target.decode("latin-1")}" '
-            f'host={ex.info.host} request_id={ex.request_id} fwd="{self.client_ip}" '
-            f'endpoint={ex.endpoint.key if ex.endpoint else "-"} service={elapsed:.0f}ms '
-            f"status={ex.status} bytes={ex.bytes_out} protocol={self.proto.decode()}"
-        )
+        line = AccessLine(ex, self.client_ip, self.proto, elapsed)
         self.worker.recorder.record(ex.app, ex.status, elapsed, ex.bytes_in, ex.bytes_out, line)
 
     # --- upgrades (WebSocket) ----------------------------------------------------------------
@@ -646,28 +671,56 @@ class ClientConnection(asyncio.Protocol):
 
     # --- timers ------------------------------------------------------------------------------
 
+    # One timer handle per connection, moved lazily: arming a later deadline than the pending
+    # handle's only records it, and the handle re-schedules itself when it fires early. Most
+    # requests then cost no timer operation at all.
+
     def _arm(self, seconds: float, callback: Callable[[], None]) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-        self.timer = self.loop.call_later(seconds, callback)
+        deadline = self.loop.time() + seconds
+        self.deadline = deadline
+        self.on_deadline = callback
+        timer = self.timer
+        if timer is None or timer.when() > deadline:
+            if timer is not None:
+                timer.cancel()
+            self.timer = self.loop.call_at(deadline, self._tick)
 
     def _disarm(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self.on_deadline = None
+
+    def _tick(self) -> None:
+        self.timer = None
+        callback = self.on_deadline
+        if callback is None or self.closed:
+            return
+        if self.loop.time() < self.deadline:
+            self.timer = self.loop.call_at(self.deadline, self._tick)
+            return
+        self.on_deadline = None
+        callback()
+
+    def _write(self, data: bytes) -> None:
+        batch = self.batch
+        if batch is not None:
+            batch.append(data)
+        elif self.transport is not None:
+            self.transport.write(data)
+
+    def flush(self) -> None:
+        batch = self.batch
+        self.batch = None
+        if batch and self.transport is not None and not self.transport.is_closing():
+            self.transport.writelines(batch)
 
     def _idle_expired(self) -> None:
-        self.timer = None
         if self.current is None and not self.pending:
             self._close()
 
     def _header_expired(self) -> None:
-        self.timer = None
         if self.current is None:
             self._refuse_connection(408, "request_timeout", ERRORS["request_timeout"][1])
 
     def _first_byte_expired(self) -> None:
-        self.timer = None
         ex = self.current
         if ex is None or ex.plan is not None:
             return
@@ -675,7 +728,6 @@ class ClientConnection(asyncio.Protocol):
         self._answer_error(ex, 504, "app_timeout", ERRORS["app_timeout"][1])
 
     def _stream_idle(self) -> None:
-        self.timer = None
         ex = self.current
         if ex is None:
             return
@@ -691,6 +743,7 @@ class ClientConnection(asyncio.Protocol):
         self._release(ex, reusable=False)
         self.tunnel = None
         if self.transport is not None:
+            self.batch = None
             self.transport.abort()
 
     # --- flow control and closing ------------------------------------------------------------
@@ -720,6 +773,7 @@ class ClientConnection(asyncio.Protocol):
 
     def _close(self) -> None:
         self._disarm()
+        self.flush()
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
 
@@ -808,17 +862,22 @@ class BackendConnection(asyncio.Protocol):
                 if client.current is not None:
                     client.current.last_activity = client.loop.time()
             return
+        client.batch = []
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
             rest = data[upgrade.args[0]:]
+            client.flush()
             if rest and self.upgraded and client.transport is not None:
                 client.transport.write(rest)
         except httptools.HttpParserError:
+            client.flush()
             if self.client is not None:
                 self.client.backend_garbled(self)
             else:
                 self.close()
+        finally:
+            client.flush()
 
     def pause_writing(self) -> None:
         if self.client is not None:

@@ -1,0 +1,61 @@
+"""Per-app metrics and access-log lines: gathered per request, written to Redis in batches."""
+
+from __future__ import annotations
+
+import redis
+
+from router.metrics import Recorder, bucket_field
+
+
+def test_it_puts_a_latency_in_the_first_bucket_it_fits() -> None:
+    assert bucket_field(0.3) == "latency_ms_le_5"
+    assert bucket_field(5.0) == "latency_ms_le_5"
+    assert bucket_field(5.1) == "latency_ms_le_10"
+    assert bucket_field(45_000) == "latency_ms_le_inf"
+
+
+def test_it_counts_requests_by_status_class_and_bytes_per_app() -> None:
+    recorder = Recorder(clock=lambda: 600.0)
+    recorder.record("web1", 200, 3.0, 10, 100, "line 1")
+    recorder.record("web1", 503, 30.0, 0, 50, "line 2")
+    recorder.record("shop", 404, 1.0, 0, 20, "line 3")
+    counts = recorder.stats["web1"].counts
+    assert counts["requests"] == 2
+    assert counts["status_2xx"] == 1 and counts["status_5xx"] == 1
+    assert counts["bytes_in"] == 10 and counts["bytes_out"] == 150
+    assert counts["latency_ms_le_5"] == 1 and counts["latency_ms_le_50"] == 1
+
+
+def test_it_batches_one_log_command_per_app_and_flush() -> None:
+    recorder = Recorder(clock=lambda: 600.0)
+    for i in range(100):
+        recorder.record("web1", 200, 1.0, 0, 0, f"line {i}")
+    commands = recorder.take()
+    evals = [c for c in commands if c[0] == "EVAL"]
+    assert len(evals) == 1 and evals[0][3] == "paas:logs:web1"
+    assert not recorder.pending() and recorder.take() == []
+
+
+def test_it_keeps_memory_bounded_when_lines_cannot_be_written() -> None:
+    recorder = Recorder(max_lines=10)
+    for _ in range(25):
+        recorder.record("web1", 200, 1.0, 0, 0, "x")
+    assert len(recorder.lines) == 10 and recorder.dropped_lines == 15
+    assert recorder.stats["web1"].counts["requests"] == 25
+
+
+def test_it_writes_counters_and_a_capped_log_stream_to_redis(redis_client: redis.Redis) -> None:
+    recorder = Recorder(log_maxlen=1000, clock=lambda: 6000.0)
+    for i in range(3):
+        recorder.record("web1", 200, 2.0, 5, 7, f"at=info status=200 n={i}")
+    pipe = redis_client.pipeline(transaction=False)
+    for command in recorder.take():
+        pipe.execute_command(*command)
+    pipe.execute()
+    totals = redis_client.hgetall("paas:metrics:router:web1")
+    assert totals[b"requests"] == b"3" and totals[b"status_2xx"] == b"3" and totals[b"bytes_out"] == b"21"
+    assert redis_client.hget("paas:metrics:router:web1:100", "requests") == b"3"
+    assert 0 < redis_client.ttl("paas:metrics:router:web1:100") <= 24 * 3600
+    entries = redis_client.xrange("paas:logs:web1")
+    assert [e[1][b"line"] for e in entries] == [b"at=info status=200 n=0", b"at=info status=200 n=1", b"at=info status=200 n=2"]
+    assert entries[0][1][b"tag"] == b"router" and entries[0][1][b"time"] == b"6000.000000"
