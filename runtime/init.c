@@ -27,6 +27,9 @@
 #include <limits.h>
 #include <linux/audit.h>
 #include <linux/filter.h>
+#include <net/if.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
 #include <linux/seccomp.h>
 #include <poll.h>
 #include <sched.h>
@@ -328,6 +331,18 @@ static void build_root(void) {
     if (opt.hostname && sethostname(opt.hostname, strlen(opt.hostname)) < 0) die("sethostname: %m");
 }
 
+/* The new network namespace starts with loopback down; bring it up (netdevice(7)). */
+static void loopback_up(void) {
+    int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof ifr);
+    strcpy(ifr.ifr_name, "lo");
+    if (s < 0 || ioctl(s, SIOCGIFFLAGS, &ifr) < 0) die("loopback: %m");
+    ifr.ifr_flags |= IFF_UP | IFF_RUNNING;
+    if (ioctl(s, SIOCSIFFLAGS, &ifr) < 0) die("loopback up: %m");
+    close(s);
+}
+
 /* --- PID 1 ---------------------------------------------------------------------------------- */
 
 struct stream { int fd; const char *name; char buf[16384]; size_t len; };
@@ -400,6 +415,7 @@ static void record_exit(int status) {
 }
 
 static void init_main(void) {
+    loopback_up();
     build_root();
     char go;
     if (read(sync_fd, &go, 1) != 1) _exit(125); /* the daemon gave up on us */
