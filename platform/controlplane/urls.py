@@ -1,5 +1,14 @@
 from __future__ import annotations
 
-from django.urls import URLPattern, URLResolver
+from django.urls import URLPattern, URLResolver, include, path, re_path
 
-urlpatterns: list[URLPattern | URLResolver] = []
+from restapi.views import ApiNotFoundView
+
+urlpatterns: list[URLPattern | URLResolver] = [
+    path("api/v1/", include("restapi.urls")),
+    # Anything else under /api/ answers a JSON 404, never an HTML page.
+    re_path(r"^api/", ApiNotFoundView.as_view()),
+]
+
+# The dashboard, at the site root (last, so the API and git prefixes above win).
+urlpatterns.append(path("", include("web.urls")))

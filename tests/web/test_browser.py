@@ -1,0 +1,176 @@
+"""The dashboard driven by a real browser (Debian's headless Chromium) against a live server:
+log in, create an app, set a config var, scale, roll back, open the hosts page. Each main page is
+photographed into test-artifacts/screenshots/, on a laptop-sized and a phone-sized screen."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from core.models import App, ContainerState, Formation, Release
+
+from .conftest import PASSWORD, deploy, make_acme, make_host, place_containers
+
+pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+
+ROOT = Path(__file__).resolve().parents[2]
+SHOTS = ROOT / "test-artifacts" / "screenshots"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+LAPTOP = {"width": 1280, "height": 860}
+PHONE = {"width": 390, "height": 844}
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture
+def orm_in_test(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Playwright's sync API keeps an event loop in this thread; the test's own database reads
+    # are still plain synchronous code (the live server answers in its own thread).
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+
+
+def shoot(page: Any, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+def test_it_walks_through_login_create_config_scale_rollback_and_hosts(
+    live_server: Any, browser: Any, orm_in_test: None
+) -> None:
+    acme = make_acme()
+    host = make_host("node-1")
+    make_host("node-2", address="192.0.2.11", memory_mb_used=7600, cpus_used=3.8)
+    context = browser.new_context(viewport=LAPTOP)
+    page = context.new_page()
+    page.on("dialog", lambda dialog: dialog.accept())  # the confirmations before rollback etc.
+
+    # Log in.
+    page.goto(f"{live_server.url}/apps/shop/")
+    assert "/login/" in page.url
+    shoot(page, "login")
+    page.get_by_label("User name").fill("olive")
+    page.get_by_label("Password").fill("wrong password")
+    page.get_by_role("button", name="Log in").click()
+    assert page.get_by_role("alert").inner_text().startswith("Your user name and password did not")
+    page.get_by_label("User name").fill("olive")
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Log in").click()
+    page.wait_for_url(re.compile(r"/apps/shop/$"))
+
+    # Create an app.
+    page.goto(f"{live_server.url}/")
+    page.get_by_label("Name").fill("storefront")
+    page.get_by_label("Team").select_option("acme")
+    page.get_by_role("button", name="Create app").click()
+    page.wait_for_url(re.compile(r"/apps/storefront/$"))
+    assert "Created storefront in team acme." in page.get_by_role("status").first.inner_text()
+    app = App.objects.get(name="storefront")
+    assert app.team == acme.team and app.current_release().version == 1
+
+    # Set a config var; its value is masked until revealed.
+    page.get_by_role("link", name="Config").click()
+    page.get_by_label("Key").fill("GREETING")
+    page.get_by_label("Value").fill("hello from the browser")
+    page.get_by_role("button", name="Set", exact=True).click()
+    page.wait_for_url(re.compile(r"/apps/storefront/config/$"))
+    assert "Set GREETING: made v2." in page.get_by_role("status").first.inner_text()
+    assert "hello from the browser" not in page.content()
+    page.get_by_role("button", name="Reveal the value of GREETING").click()
+    page.get_by_text("hello from the browser").wait_for()
+    assert app.config() == {"GREETING": "hello from the browser"}
+    shoot(page, "app-config")
+
+    # A git push (recorded through the build actions) gives the app process types to scale.
+    deploy(app, acme.owner)
+    place_containers(app, host, [ContainerState.READY, ContainerState.STARTING])
+    page.get_by_role("link", name="Overview").click()
+    page.get_by_label("Quantity of web").fill("3")
+    page.get_by_label("Size of web").fill("1G")
+    page.get_by_role("button", name="Apply scale").click()
+    page.wait_for_url(re.compile(r"/apps/storefront/$"))
+    assert "Scaled" in page.get_by_role("status").first.inner_text()
+    web = Formation.objects.get(app=app, type="web")
+    assert (web.quantity, web.size, web.memory_mb) == (3, "1G", 1024)
+    page.locator("#metrics figure").first.wait_for()
+    shoot(page, "app-overview")
+
+    # Roll back to v2 (the config-only release), confirming first.
+    page.get_by_role("link", name="Releases").click()
+    assert Release.objects.filter(app=app).count() == 3
+    page.get_by_role("button", name="Roll back to v2").click()
+    page.wait_for_url(re.compile(r"/apps/storefront/releases/$"))
+    assert "Rolled back: v4 is rollback to v2." in page.get_by_role("status").first.inner_text()
+    assert app.current_release().description == "Rollback to v2"
+    shoot(page, "app-releases")
+
+    # Builds, logs and activity render for the same app.
+    page.get_by_role("link", name="Builds").click()
+    shoot(page, "app-builds")
+    page.get_by_role("link", name="Logs").click()
+    page.get_by_text("No log lines yet").wait_for()
+    page.get_by_role("link", name="Activity").click()
+    assert page.get_by_text("release.rollback").count() == 1
+    shoot(page, "app-activity")
+
+    # The hosts page, and the apps list with the new app's status.
+    page.get_by_role("link", name="Hosts").click()
+    page.get_by_role("heading", name="node-1").wait_for()
+    assert page.get_by_role("meter").count() == 4
+    shoot(page, "hosts")
+    page.get_by_role("link", name="Apps", exact=True).click()
+    page.get_by_role("link", name="storefront", exact=True).wait_for()
+    shoot(page, "apps")
+    page.get_by_role("link", name="Teams").click()
+    page.get_by_role("link", name="acme", exact=True).click()
+    shoot(page, "team")
+    page.get_by_role("link", name="Account").click()
+    page.get_by_label("Description").fill("laptop")
+    page.get_by_role("button", name="Create token").click()
+    token = page.locator("#new-token").inner_text()
+    assert token.startswith("paas_")
+    shoot(page, "tokens")
+
+    # The same pages on a phone-sized screen.
+    phone = browser.new_context(viewport=PHONE, storage_state=context.storage_state())
+    small = phone.new_page()
+    for name, path in (("apps", "/"), ("app-overview", "/apps/storefront/"),
+                       ("app-releases", "/apps/storefront/releases/"), ("hosts", "/hosts/")):
+        small.goto(f"{live_server.url}{path}")
+        if name == "app-overview":
+            small.locator("#metrics figure").first.wait_for()
+        shoot(small, f"phone-{name}")
+    phone.close()
+    context.close()
+
+
+def test_it_logs_out_with_the_keyboard(live_server: Any, browser: Any, orm_in_test: None) -> None:
+    make_acme()
+    page = browser.new_page(viewport=LAPTOP)
+    page.goto(f"{live_server.url}/login/")
+    page.get_by_label("User name").fill("vic")
+    page.get_by_label("Password").fill(PASSWORD)
+    page.keyboard.press("Enter")
+    page.wait_for_url(f"{live_server.url}/")
+    page.keyboard.press("Tab")  # the skip link comes first
+    assert page.evaluate("document.activeElement.textContent") == "Skip to content"
+    page.get_by_role("button", name="Log out").focus()
+    page.keyboard.press("Enter")
+    page.wait_for_url(re.compile(r"/login/$"))
+    page.goto(f"{live_server.url}/hosts/")
+    assert "/login/?next=/hosts/" in page.url

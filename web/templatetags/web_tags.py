@@ -1,0 +1,87 @@
+"""Small template helpers: charts, badges, sizes and durations."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from django import template
+from django.utils import timezone
+
+from web import charts
+from web.live import Chart
+
+register = template.Library()
+
+_STATE_CSS = {
+    "ready": "ok", "running": "ok", "deployed": "ok", "succeeded": "ok",
+    "starting": "warn", "pending": "info", "draining": "warn",
+    "exited": "bad", "failed": "bad", "oom": "bad", "down": "bad",
+    # A badge style given directly.
+    "ok": "ok", "warn": "warn", "bad": "bad", "info": "info", "idle": "idle",
+}
+
+
+@register.inclusion_tag("web/partials/chart.html")
+def chart(value: Chart, chart_id: object) -> dict[str, Any]:
+    return {"c": charts.draw(value), "chart_id": chart_id,
+            "width": charts.WIDTH, "height": charts.HEIGHT}
+
+
+@register.inclusion_tag("web/partials/badge.html")
+def state_badge(state: str, label: str = "") -> dict[str, str]:
+    return {"css": _STATE_CSS.get(str(state), "idle"), "label": label or str(state)}
+
+
+@register.filter
+def number(value: float | None) -> str:
+    return charts.format_number(value)
+
+
+@register.filter
+def megabytes(value: float | None) -> str:
+    if value is None:
+        return "–"
+    if value >= 1024:
+        return f"{value / 1024:.1f} GB"
+    return f"{value:.0f} MB"
+
+
+@register.filter
+def bytes_size(value: int | None) -> str:
+    if value is None:
+        return "–"
+    size = float(value)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GB"  # pragma: no cover
+
+
+@register.filter
+def uptime(started: datetime | None) -> str:
+    """How long ago `started` was, in the largest two units (e.g. 3h 12m)."""
+    if started is None:
+        return "–"
+    seconds = max(0, int((timezone.now() - started).total_seconds()))
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, seconds = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours}h"
+    if hours:
+        return f"{hours}h {minutes}m"
+    if minutes:
+        return f"{minutes}m {seconds}s"
+    return f"{seconds}s"
+
+
+@register.filter
+def usage_class(percent: int) -> str:
+    return "full" if percent >= 90 else "high" if percent >= 70 else ""
+
+
+@register.filter
+def short_commit(commit: str) -> str:
+    return commit[:7]
