@@ -31,6 +31,10 @@ def _parser() -> argparse.ArgumentParser:
     d = sub.add_parser("daemon", help="run the runtime daemon")
     d.add_argument("--cgroup-root", type=Path, default=Path("/sys/fs/cgroup"))
     d.add_argument("--no-network", action="store_true", help="containers get loopback only")
+    d.add_argument(
+        "--log-max-bytes", type=int, default=int(os.environ.get("PAAS_RUNTIME_LOG_MAX_BYTES", 10 << 20)),
+        help="rotate a container's log at this size (default $PAAS_RUNTIME_LOG_MAX_BYTES or 10 MiB)",
+    )
     sub.add_parser("doctor", help="say what this host supports")
     r = sub.add_parser("run", help="create and start a container")
     r.add_argument("image")
@@ -108,7 +112,9 @@ def _daemon(root: Path, args: argparse.Namespace) -> int:
             return 1
     set_child_subreaper()
     try:
-        rt = Runtime(root, cgroup_root=args.cgroup_root, network=network)
+        rt = Runtime(
+            root, cgroup_root=args.cgroup_root, network=network, log_max_bytes=args.log_max_bytes
+        )
     except (BuildError, CgroupError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -21,6 +21,7 @@ from runtime.images import ImageStore
 from runtime.tinyimage import build_tiny_image
 
 REPO = Path(__file__).resolve().parents[2]
+LOG_MAX_BYTES = 64 * 1024
 
 
 @dataclass
@@ -42,7 +43,8 @@ class Daemon:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "runtime", "--root", str(self.root), "daemon", "--no-network"],
+            [sys.executable, "-m", "runtime", "--root", str(self.root), "daemon", "--no-network",
+             "--log-max-bytes", str(LOG_MAX_BYTES)],
             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
         assert self.proc.stdout is not None
