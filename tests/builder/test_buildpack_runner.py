@@ -336,3 +336,24 @@ def test_it_keeps_each_apps_cache_under_the_data_dir(tmp_path: Path) -> None:
     assert default_cache_dir("shop", tmp_path) == tmp_path / "cache" / "shop"
     with pytest.raises(BuildError):
         default_cache_dir("../../etc", tmp_path)
+
+
+class Disconnected(Exception):
+    pass
+
+
+def test_it_stops_the_step_when_the_output_receiver_gives_up(
+    app_source: Path, request_for: RequestFor, make_buildpack: MakeBuildpack
+) -> None:
+    # The git receiver raises from its line callback when the client hangs up.
+    bp = make_buildpack("long", compile='sleep 300 & echo "child $!"; wait')
+    seen: list[str] = []
+
+    def on_line(line: str) -> None:
+        seen.append(line)
+        if line.startswith("child "):
+            raise Disconnected
+
+    with pytest.raises(Disconnected):
+        build(request_for(app_source, buildpacks=[str(bp)]), HostExecutor(kill_grace=1), on_line)
+    assert pid_gone(int(seen[-1].split()[1]))

@@ -48,6 +48,73 @@ def test_it_builds_and_runs_the_flask_app_under_gunicorn(
     assert run_web(result.app_dir, result.process_types.types["web"]) == "Hello from Flask on paas"
     # Console scripts find the virtualenv through PATH, so the slug still works at /app.
     assert (result.app_dir / ".venv" / "bin" / "gunicorn").read_text().startswith("#!/usr/bin/env python3\n")
+    assert result.exported_env["VIRTUAL_ENV"] == "/app/.venv"
+    assert result.exported_env["PATH"].startswith("/app/.venv/bin:")
+
+
+PYPROJECT_VIRTUAL = """
+[project]
+name = "locked"
+version = "0.1.0"
+requires-python = ">=3.11"
+dependencies = ["six==1.16.0"]
+"""
+
+UV_LOCK_SIX = """
+version = 1
+requires-python = ">=3.11"
+
+[[package]]
+name = "locked"
+version = "0.1.0"
+source = { virtual = "." }
+dependencies = [{ name = "six" }]
+
+[package.dev-dependencies]
+dev = [{ name = "iniconfig" }]
+
+[[package]]
+name = "six"
+version = "1.16.0"
+source = { registry = "https://pypi.org/simple" }
+
+[[package]]
+name = "iniconfig"
+version = "2.0.0"
+source = { registry = "https://pypi.org/simple" }
+"""
+
+PIPFILE_LOCK_SIX = json.dumps({
+    "_meta": {"requires": {"python_version": "3.11"}},
+    "default": {"six": {"version": "==1.16.0"}},
+    "develop": {"iniconfig": {"version": "==2.0.0"}},
+})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("files", "heading"),
+    [
+        ({"pyproject.toml": PYPROJECT_VIRTUAL, "uv.lock": UV_LOCK_SIX}, "uv.lock"),
+        ({"Pipfile": "[packages]\nsix = '==1.16.0'\n", "Pipfile.lock": PIPFILE_LOCK_SIX}, "Pipfile.lock"),
+    ],
+)
+def test_it_installs_exactly_what_a_lock_file_pins_for_run_time(
+    tmp_path: Path, shared_cache: Path, output: Output, files: dict[str, str], heading: str
+) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    for name, text in files.items():
+        (src / name).write_text(text)
+    (src / "Procfile").write_text("worker: python -c 'import six; print(six.__version__)'\n")
+    req = BuildRequest(app="locked", source_dir=src, work_dir=tmp_path / "work", cache_dir=shared_cache,
+                       timeout=600)
+    result = build(req, HostExecutor(), output.append)
+    assert f"-----> Installing dependencies from {heading}" in output
+    site = next((result.app_dir / ".venv" / "lib").glob("python3.*/site-packages"))
+    installed = {p.name.split("-")[0].lower() for p in site.glob("*.dist-info")}
+    assert "six" in installed
+    assert "iniconfig" not in installed
 
 
 @pytest.mark.slow
