@@ -521,6 +521,8 @@ class ClientConnection(asyncio.Protocol):
         if conn.interim:
             conn.interim = False
             return
+        if conn.upgraded:
+            return  # the end of the 101 head: from here on the bytes are the tunnel's
         self._finish(ex, reusable=app_keep_alive and ex.body_done)
 
     def backend_lost(self, conn: BackendConnection) -> None:

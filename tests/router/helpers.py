@@ -128,7 +128,7 @@ class Client:
     async def response(self, head: bool = False) -> Response:
         raw = await self.reader.readuntil(b"\r\n\r\n")
         lines = raw.decode("latin-1").split("\r\n")
-        _, status, reason = (lines[0].split(" ", 2) + [""])[:3]
+        _, status, reason = ([*lines[0].split(" ", 2), ""])[:3]
         headers = []
         for line in lines[1:]:
             if line:
@@ -159,9 +159,14 @@ class Client:
     async def closed(self) -> bool:
         """True when the router has closed this connection (reads EOF or a reset)."""
         try:
-            return await asyncio.wait_for(self.reader.read(1), 5) == b""
+            async with asyncio.timeout(5):
+                while await self.reader.read(65536):
+                    pass
+            return True
         except ConnectionError:
             return True
+        except TimeoutError:
+            return False
 
     def close(self) -> None:
         self.writer.close()
