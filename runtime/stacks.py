@@ -157,22 +157,60 @@ Bootstrap = Callable[[StackDef, Path, str], None]
 
 
 def debootstrap(stack: StackDef, target: Path, mirror: str) -> None:
-    """Bootstrap `stack` into the empty directory `target` with debootstrap."""
+    """Bootstrap `stack` into the empty directory `target`: debootstrap, then apt in a chroot.
+
+    debootstrap's own resolver cannot install large dependency trees (`--include=npm` leaves
+    packages unconfigured), so it lays down minbase only and apt-get installs the rest.
+    """
     if shutil.which("debootstrap") is None:
         raise StackError("debootstrap is not installed (Debian package: debootstrap)")
-    argv = [
-        "debootstrap",
-        "--variant=minbase",
-        f"--include={','.join(stack.packages)}",
-        stack.suite,
-        str(target),
-        mirror,
-    ]
-    proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    _run_logged(
+        ["debootstrap", "--variant=minbase", stack.suite, str(target), mirror],
+        f"debootstrap of {stack.suite} from {mirror}",
+        target / "debootstrap" / "debootstrap.log",
+    )
+    # Keep services from starting inside the chroot (invoke-rc.d honours policy-rc.d).
+    policy = target / "usr" / "sbin" / "policy-rc.d"
+    policy.write_text("#!/bin/sh\nexit 101\n")
+    policy.chmod(0o755)
+    resolv = target / "etc" / "resolv.conf"
+    if resolv.is_symlink() or resolv.exists():
+        resolv.unlink()
+    shutil.copyfile("/etc/resolv.conf", resolv)
+    proc_dir = target / "proc"
+    proc_dir.mkdir(exist_ok=True)
+    subprocess.run(["mount", "-t", "proc", "proc", str(proc_dir)], check=True)
+    try:
+        env = {
+            "PATH": STACK_PATH,
+            "DEBIAN_FRONTEND": "noninteractive",
+            "LANG": "C.UTF-8",
+            "HOME": "/root",
+        }
+        chroot = ["chroot", str(target)]
+        _run_logged([*chroot, "apt-get", "update", "-q"], "apt-get update in the new stack", env=env)
+        _run_logged(
+            [*chroot, "apt-get", "install", "-q", "-y", "--no-install-recommends", *stack.packages],
+            "installing the stack's packages",
+            env=env,
+        )
+        _run_logged([*chroot, "apt-get", "clean"], "apt-get clean", env=env)
+    finally:
+        subprocess.run(["umount", "-l", str(proc_dir)], check=False)
+        policy.unlink(missing_ok=True)
+        resolv.unlink(missing_ok=True)
+        resolv.write_text("")
+
+
+def _run_logged(
+    argv: list[str], what: str, log: Path | None = None, env: dict[str, str] | None = None
+) -> None:
+    proc = subprocess.run(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+    )
     if proc.returncode != 0:
-        log = target / "debootstrap" / "debootstrap.log"
-        detail = log.read_text()[-3000:] if log.is_file() else proc.stdout[-3000:]
-        raise StackError(f"debootstrap of {stack.suite} from {mirror} failed:\n{detail}")
+        detail = log.read_text()[-3000:] if log is not None and log.is_file() else proc.stdout[-3000:]
+        raise StackError(f"{what} failed:\n{detail}")
 
 
 def finish_rootfs(rootfs: Path) -> None:
