@@ -1,0 +1,29 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from .conftest import APPS
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "builder", *args], capture_output=True, text=True, check=False)
+
+
+def test_it_builds_a_directory_and_prints_a_json_summary(tmp_path: Path) -> None:
+    proc = run(str(APPS / "static"), "--app", "site", "--cache", str(tmp_path / "cache"), "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[0] == "-----> Static site app detected"
+    summary = json.loads(proc.stdout.splitlines()[-1])
+    assert summary["kinds"] == ["Static site"]
+    assert summary["slug_digest"].startswith("sha256:")
+    assert "web" in summary["process_types"]
+
+
+def test_it_prints_a_build_error_without_a_traceback(tmp_path: Path) -> None:
+    (tmp_path / "Procfile").write_text("web\n")
+    proc = run(str(tmp_path), "--cache", str(tmp_path / "cache"))
+    assert proc.returncode == 1
+    assert proc.stderr == " !     Procfile line 1: expected `type: command`, got 'web'\n"
