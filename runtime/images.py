@@ -746,3 +746,67 @@ def _unpack_member(
         os.utime(leaf, (member.mtime, member.mtime), dir_fd=pfd, follow_symlinks=False)
     finally:
         os.close(pfd)
+
+
+# -- command line ----------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m runtime.images`: list, inspect, import, export, remove and collect images."""
+    import argparse
+    import sys
+
+    from runtime.client import runtime_root
+
+    parser = argparse.ArgumentParser(prog="python -m runtime.images", description=main.__doc__)
+    parser.add_argument("--root", type=Path, help="runtime root (default $PAAS_DATA_DIR/runtime)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="named images and their manifest digests")
+    p = sub.add_parser("inspect", help="an image's digest, layers and config")
+    p.add_argument("ref")
+    p = sub.add_parser("import", help="import an OCI archive")
+    p.add_argument("archive", type=Path)
+    p.add_argument("--name", help="name the image (archives of one image)")
+    p = sub.add_parser("export", help="write an image as an OCI archive")
+    p.add_argument("ref")
+    p.add_argument("archive", type=Path)
+    p = sub.add_parser("rm", help="forget an image's name (gc frees its blobs)")
+    p.add_argument("ref")
+    p = sub.add_parser("gc", help="delete blobs and layers no image references")
+    p.add_argument("--keep", action="append", default=[], help="a manifest digest still in use")
+    p = sub.add_parser("tiny", help="build the busybox test image")
+    p.add_argument("--name", default="tiny")
+    args = parser.parse_args(argv)
+    root: Path = args.root or runtime_root()
+    try:
+        store = ImageStore(root / "images")
+        if args.command == "list":
+            for ref, digest in store.images():
+                print(f"{ref:<40} {digest}")
+        elif args.command == "inspect":
+            image = store.resolve(args.ref)
+            print(json.dumps({"digest": image.digest, "layers": [str(p) for p in image.layers],
+                              "config": image.config}, indent=2))
+        elif args.command == "import":
+            for ref in store.import_archive(args.archive, reference=args.name):
+                print(f"{ref} {store.manifest(ref)[0]}")
+        elif args.command == "export":
+            print(store.export_archive(args.ref, args.archive))
+        elif args.command == "rm":
+            store.remove(args.ref)
+        elif args.command == "gc":
+            deleted = store.gc(keep=args.keep)
+            print(f"deleted {len(deleted)} blob(s)")
+        elif args.command == "tiny":
+            from runtime.tinyimage import build_tiny_image
+
+            ref = build_tiny_image(store, name=args.name)
+            print(f"{ref} {store.manifest(ref)[0]}")
+        return 0
+    except (ImageError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -221,3 +221,27 @@ def test_it_keeps_unreferenced_blobs_younger_than_the_grace_period(store: ImageS
     assert store.gc() == []
     assert store.has_blob(digest)
     assert store.gc(grace_s=0) == [digest]
+
+
+def test_its_command_builds_lists_exports_and_imports(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from runtime.images import main
+
+    root = ["--root", str(tmp_path / "rt")]
+    assert main([*root, "tiny"]) == 0
+    assert main([*root, "list"]) == 0
+    assert "tiny:latest" in capsys.readouterr().out
+    assert main([*root, "export", "tiny", str(tmp_path / "t.tar")]) == 0
+    other = ["--root", str(tmp_path / "rt2")]
+    assert main([*other, "import", str(tmp_path / "t.tar"), "--name", "copy:1"]) == 0
+    assert main([*other, "inspect", "copy:1"]) == 0
+    assert '"Cmd"' in capsys.readouterr().out
+
+
+def test_its_command_reports_a_missing_image_without_a_traceback(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "runtime.images", "--root", str(tmp_path), "inspect", "nope"],
+                          capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2])
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == "error: image 'nope' not found in the image store"
