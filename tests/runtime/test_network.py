@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import secrets
 import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,6 +94,32 @@ def pings(pid: int, ip: str) -> bool:
     return in_container(pid, "busybox", "ping", "-c", "1", "-W", "2", ip).returncode == 0
 
 
+SERVER = (
+    "import socket, sys\n"
+    "s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+    "s.bind((sys.argv[1], 8080)); s.listen(); print('listening', flush=True)\n"
+    "c, peer = s.accept(); print(peer[0], flush=True)\n"
+)
+
+
+def tcp_peer_seen_by(server_pid: int, server_ip: str, client: int) -> str:
+    """Connect from `client` to a TCP server in `server_pid`'s netns; return the peer it saw."""
+    server = subprocess.Popen(
+        ["nsenter", "-t", str(server_pid), "-n", "--", sys.executable, "-c", SERVER, server_ip],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert server.stdout is not None
+        assert server.stdout.readline().strip() == "listening"
+        in_container(client, sys.executable, "-c",
+                     f"import socket; socket.create_connection(({server_ip!r}, 8080), timeout=5)")
+        return server.communicate(timeout=30)[0].strip()
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+
+
 def test_it_gives_a_container_an_address_loopback_and_a_default_route(lab: Lab) -> None:
     net = lab.host("h1", "10.213.1.0/24")
     pid = lab.container()
@@ -128,6 +155,7 @@ def test_it_reaches_a_container_on_another_host_through_routes(lab: Lab) -> None
     h1.attach("c1", c1, nat=True)
     att2 = h2.attach("c2", c2, nat=True)
     assert pings(c1, att2.ip)
+    assert tcp_peer_seen_by(c2, att2.ip, client=c1) == "10.213.1.2"
     # The peer sees the container's own address, not its host's: cross-host traffic is not NATed.
     nat_rules = sh("ip", "netns", "exec", h1.netns or "", "iptables", "-t", "nat", "-S", h1.chain).stdout
     assert "-d 10.213.2.0/24" in nat_rules and "RETURN" in nat_rules
