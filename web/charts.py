@@ -34,7 +34,13 @@ class DrawnChart:
     summary: str
 
 
+# Status classes keep their conventional colours whatever their order.
+SERIES_CSS = {"2xx": "s1", "3xx": "s0", "4xx": "s2", "5xx": "s3", "mean": "s0", "p95": "s2"}
+
+
 def _fmt(value: float) -> str:
+    if value == int(value) and abs(value) < 1e15:
+        return f"{int(value):,}"
     if value >= 100:
         return f"{value:,.0f}"
     if value >= 10:
@@ -83,7 +89,8 @@ def draw(chart: Chart) -> DrawnChart:
             line_parts.append(f"M{points}")
             area_parts.append(f"M{run[0][0]},{HEIGHT} L{points} L{run[-1][0]},{HEIGHT} Z")
         latest_values = [v for v in series.values if v is not None]
-        drawn.append(DrawnSeries(series.name, f"s{index % 4}", " ".join(line_parts),
+        drawn.append(DrawnSeries(series.name, SERIES_CSS.get(series.name, f"s{index % 4}"),
+                                 " ".join(line_parts),
                                  " ".join(area_parts), latest_values[-1] if latest_values else None))
     if samples:
         latest = "; ".join(f"{d.name} {_fmt(d.latest)} {chart.unit}" for d in drawn

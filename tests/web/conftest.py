@@ -119,3 +119,47 @@ def as_persona(client: Client, acme: Acme) -> Any:
         return login(client, acme.user(persona))
 
     return log_in
+
+
+def seed_live_data(app: str, now: float, minutes: int = 60) -> list[str]:
+    """Write an hour of request metrics and some log lines for `app` to the real Redis, the way
+    the router writes them (its own Recorder makes the commands), plus per-minute container usage.
+    Return the keys written, for clean-up."""
+    import random
+
+    import redis
+    from django.conf import settings
+
+    from router.metrics import Recorder
+    from web.live import runtime_metrics_key
+
+    r = redis.Redis.from_url(settings.REDIS_URL)
+    rng = random.Random(7)
+    keys: set[str] = set()
+    for back in range(minutes, 0, -1):
+        minute_start = now - back * 60
+        recorder = Recorder(clock=lambda t=minute_start: t)
+        for i in range(20 + (minutes - back) % 17 + rng.randrange(10)):
+            status = 500 if i % 41 == 0 else 404 if i % 13 == 0 else 302 if i % 7 == 0 else 200
+            ms = rng.choice([3, 8, 12, 20, 40, 90, 300])
+            recorder.record(app, status, ms, 300, 2000,
+                            f'GET /items/{i} {status} {ms}ms')
+        commands = recorder.take()
+        pipe = r.pipeline(transaction=False)
+        for command in commands:
+            pipe.execute_command(*command)
+            keys.add(str(command[1]))
+        pipe.execute()
+        usage_key = f"{runtime_metrics_key(app)}:{int(minute_start // 60)}"
+        r.hset(usage_key, mapping={"memory_bytes": (180 + back % 9 * 6) * 2**20,
+                                   "cpu_millis": 9000 + rng.randrange(6000)})
+        keys.add(usage_key)
+    return sorted(keys)
+
+
+def delete_keys(keys: list[str]) -> None:
+    import redis
+    from django.conf import settings
+
+    if keys:
+        redis.Redis.from_url(settings.REDIS_URL).delete(*keys)

@@ -5,6 +5,7 @@ photographed into test-artifacts/screenshots/, on a laptop-sized and a phone-siz
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,15 @@ import pytest
 
 from core.models import App, ContainerState, Formation, Release
 
-from .conftest import PASSWORD, deploy, make_acme, make_host, place_containers
+from .conftest import (
+    PASSWORD,
+    delete_keys,
+    deploy,
+    make_acme,
+    make_host,
+    place_containers,
+    seed_live_data,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
@@ -51,7 +60,7 @@ def shoot(page: Any, name: str) -> None:
 
 
 def test_it_walks_through_login_create_config_scale_rollback_and_hosts(
-    live_server: Any, browser: Any, orm_in_test: None
+    live_server: Any, browser: Any, orm_in_test: None, request: pytest.FixtureRequest
 ) -> None:
     acme = make_acme()
     host = make_host("node-1")
@@ -99,12 +108,14 @@ def test_it_walks_through_login_create_config_scale_rollback_and_hosts(
     # A git push (recorded through the build actions) gives the app process types to scale.
     deploy(app, acme.owner)
     place_containers(app, host, [ContainerState.READY, ContainerState.STARTING])
+    live_keys = seed_live_data("storefront", time.time())
+    request.addfinalizer(lambda: delete_keys(live_keys))
     page.get_by_role("link", name="Overview").click()
     page.get_by_label("Quantity of web").fill("3")
     page.get_by_label("Size of web").fill("1G")
     page.get_by_role("button", name="Apply scale").click()
     page.wait_for_url(re.compile(r"/apps/storefront/$"))
-    assert "Scaled" in page.get_by_role("status").first.inner_text()
+    assert "Scaled web to 3 × 1G, worker to 0 × basic." in page.get_by_role("status").first.inner_text()
     web = Formation.objects.get(app=app, type="web")
     assert (web.quantity, web.size, web.memory_mb) == (3, "1G", 1024)
     page.locator("#metrics figure").first.wait_for()
@@ -115,7 +126,7 @@ def test_it_walks_through_login_create_config_scale_rollback_and_hosts(
     assert Release.objects.filter(app=app).count() == 3
     page.get_by_role("button", name="Roll back to v2").click()
     page.wait_for_url(re.compile(r"/apps/storefront/releases/$"))
-    assert "Rolled back: v4 is rollback to v2." in page.get_by_role("status").first.inner_text()
+    assert "Rolled back: made v4 (Rollback to v2)." in page.get_by_role("status").first.inner_text()
     assert app.current_release().description == "Rollback to v2"
     shoot(page, "app-releases")
 
@@ -123,7 +134,8 @@ def test_it_walks_through_login_create_config_scale_rollback_and_hosts(
     page.get_by_role("link", name="Builds").click()
     shoot(page, "app-builds")
     page.get_by_role("link", name="Logs").click()
-    page.get_by_text("No log lines yet").wait_for()
+    page.get_by_text("GET /items/3 200").last.wait_for()
+    shoot(page, "app-logs")
     page.get_by_role("link", name="Activity").click()
     assert page.get_by_text("release.rollback").count() == 1
     shoot(page, "app-activity")

@@ -130,9 +130,10 @@ def app_scale(request: HttpRequest, name: str) -> HttpResponse:
         if size:
             update["size"] = size
         updates.append(update)
-    summary = ", ".join(f"{u['type']}={u.get('quantity', '?')}:{u.get('size', '')}" for u in updates)
-    return run_action(request, reverse("web:app", args=[name]), f"Scaled {summary}.",
-                      lambda: actions.formation_scale(actor=request.user, app=app, updates=updates))
+    return run_action(
+        request, reverse("web:app", args=[name]),
+        lambda rows: "Scaled " + ", ".join(f"{r.type} to {r.quantity} × {r.size}" for r in rows) + ".",
+        lambda: actions.formation_scale(actor=request.user, app=app, updates=updates))
 
 
 @dashboard_view
@@ -162,8 +163,8 @@ def app_rollback(request: HttpRequest, name: str) -> HttpResponse:
     app, _ = _app(request, name)
     version = request.POST.get("version") or None
     url = reverse("web:app-releases", args=[name])
-    return run_action(request, url, lambda release: f"Rolled back: {release.name} is "
-                      f"{release.description[0].lower()}{release.description[1:]}.",
+    return run_action(request, url, lambda release: f"Rolled back: made {release.name} "
+                      f"({release.description}).",
                       lambda: actions.release_rollback(actor=request.user, app=app,
                                                        version=version))
 
