@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -53,6 +54,10 @@ def main(argv: list[str] | None = None) -> int:
         )
     except BuildError as e:
         print(f" !     {e}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        # Whoever read the output went away (`| head`); stop quietly, as other tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -136,6 +136,7 @@ class HostExecutor:
                     # left behind holds the pipe open, and then EOF would never come.
                     if not sel.select(min(left, 0.5)):
                         if proc.poll() is not None:
+                            pending = _drain(fd, pending, on_line)
                             break
                         continue
                     try:
@@ -145,6 +146,11 @@ class HostExecutor:
                     if not chunk:
                         eof = True
                     pending = _emit_lines(pending + chunk, on_line)
+                    if not eof and proc.poll() is not None:
+                        # The command is done; what it wrote is in the pipe already. Anything
+                        # still writing is a leftover and must not keep the step alive.
+                        pending = _drain(fd, pending, on_line)
+                        break
             if pending:
                 on_line(_decode(pending))
             left = max(deadline - time.monotonic(), 0.0)
@@ -171,6 +177,21 @@ class HostExecutor:
             os.killpg(pgid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=self.kill_grace)
+
+
+def _drain(fd: int, pending: bytes, on_line: OnLine, limit: int = 1 << 20) -> bytes:
+    """Pass on what the pipe holds now (at most `limit` bytes); return the unfinished line."""
+    taken = 0
+    while taken < limit:
+        try:
+            chunk = os.read(fd, 65536)
+        except BlockingIOError:
+            break
+        if not chunk:
+            break
+        taken += len(chunk)
+        pending = _emit_lines(pending + chunk, on_line)
+    return pending
 
 
 def _emit_lines(data: bytes, on_line: OnLine) -> bytes:

@@ -293,3 +293,30 @@ def test_it_ships_every_builtin_script_as_an_executable_bash_script() -> None:
     for script in scripts:
         assert script.stat().st_mode & 0o111, f"{script} is not executable"
         assert script.read_text().startswith("#!/usr/bin/env bash\n"), script
+
+
+ENGINES = BUILTIN_DIR / "nodejs" / "lib" / "engines.js"
+
+
+def engines(tmp_path: Path, wanted: str | None) -> str:
+    pkg: dict[str, object] = {"name": "x"}
+    if wanted is not None:
+        pkg["engines"] = {"node": wanted}
+    (tmp_path / "package.json").write_text(json.dumps(pkg))
+    npm = subprocess.run(["bash", "-c", "command -v npm"], capture_output=True, text=True, check=True).stdout.strip()
+    return subprocess.run(
+        ["node", str(ENGINES), str(tmp_path / "package.json"), npm], capture_output=True, text=True, check=True
+    ).stdout
+
+
+def test_it_says_when_the_stacks_node_meets_engines_node(tmp_path: Path) -> None:
+    major = subprocess.run(["node", "--version"], capture_output=True, text=True, check=True).stdout[1:].split(".")[0]
+    assert "the stack's Node.js v" in engines(tmp_path, f"^{major}.0.0")
+    assert "satisfies it" in engines(tmp_path, f">={major}")
+
+
+def test_it_builds_with_the_stacks_node_when_engines_node_asks_for_another(tmp_path: Path) -> None:
+    out = engines(tmp_path, "0.10.x")
+    assert " !     engines.node asks for 0.10.x, which this stack does not have;" in out
+    assert "building with the stack's Node.js v" in out
+    assert "No engines.node in package.json" in engines(tmp_path, None)

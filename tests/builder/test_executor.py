@@ -87,6 +87,15 @@ def test_it_kills_what_the_command_left_running_after_it_exits(tmp_path: Path) -
     assert pid_gone(int(lines[0]))
 
 
+def test_it_ends_the_step_with_its_command_even_if_a_leftover_keeps_writing(tmp_path: Path) -> None:
+    script = "(while true; do echo spam; sleep 0.01; done) & echo leftover $!; echo last words"
+    code, lines = run(["/bin/bash", "-c", script], tmp_path, timeout=60, kill_grace=1)
+    assert code == 0
+    assert "last words" in lines
+    leftover = next(line for line in lines if line.startswith("leftover "))
+    assert pid_gone(int(leftover.split()[1]))
+
+
 def test_it_passes_on_a_last_line_without_newline_and_splits_endless_lines(tmp_path: Path) -> None:
     _code, lines = run(["/bin/bash", "-c", "head -c 20000 /dev/zero | tr '\\0' x; echo; printf tail"], tmp_path)
     assert "".join(lines[:-1]) == "x" * 20000
