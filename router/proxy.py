@@ -50,6 +50,7 @@ PAUSE_DONE = 8  # the connection will close after the current response
 BUFFER_LIMIT = 256 * 1024
 POOL_LIMIT = 256  # idle app connections kept per endpoint
 CONNECT_ATTEMPTS = 3
+DRAIN_GRACE = 1.0  # seconds an idle connection may still send one request when draining
 
 
 class _Stop(Exception):
@@ -118,6 +119,7 @@ class Exchange:
         "bytes_in",
         "bytes_out",
         "connecting",
+        "counted",
         "endpoint",
         "error_code",
         "head",
@@ -160,6 +162,7 @@ class Exchange:
         self.endpoint: Endpoint | None = None
         self.tried: set[str] = set()
         self.attempts = 0
+        self.counted = False  # counted as outstanding on `endpoint` by the balancer
         self.reused = False
         self.plan: ResponsePlan | None = None
         self.status = 0
@@ -245,6 +248,7 @@ class ClientConnection(asyncio.Protocol):
             if ex.connecting is not None:
                 ex.connecting.cancel()
             self._release(ex, reusable=False)
+            self._uncount(ex)
             if not ex.status:
                 ex.status = 499
                 ex.error_code = "client_closed"
@@ -393,6 +397,8 @@ class ClientConnection(asyncio.Protocol):
             return
         ex.endpoint = endpoint
         ex.attempts += 1
+        balancer.started(endpoint)  # counted from the pick, so concurrent connects spread out
+        ex.counted = True
         conn = None if fresh else self.worker.take_idle(endpoint)
         if conn is not None:
             self._attach(ex, conn, reused=True)
@@ -408,6 +414,7 @@ class ClientConnection(asyncio.Protocol):
                 )
         except (OSError, TimeoutError):
             ex.connecting = None
+            self._uncount(ex)
             worker.balancer.connect_failed(endpoint, self.loop.time())
             ex.tried.add(endpoint.key)
             if self.closed or ex is not self.current:
@@ -429,8 +436,6 @@ class ClientConnection(asyncio.Protocol):
         self._attach(ex, conn, reused=False)
 
     def _attach(self, ex: Exchange, conn: BackendConnection, *, reused: bool) -> None:
-        assert ex.endpoint is not None
-        self.worker.balancer.started(ex.endpoint)
         ex.backend = conn
         ex.reused = reused
         conn.attach(self, ex)
@@ -456,13 +461,17 @@ class ClientConnection(asyncio.Protocol):
         if conn is None:
             return
         ex.backend = None
-        assert ex.endpoint is not None
-        self.worker.balancer.finished(ex.endpoint)
+        self._uncount(ex)
         conn.detach()
         if reusable and not conn.closed:
             self.worker.give_back(conn)
         else:
             conn.close()
+
+    def _uncount(self, ex: Exchange) -> None:
+        if ex.counted and ex.endpoint is not None:
+            ex.counted = False
+            self.worker.balancer.finished(ex.endpoint)
 
     # --- events from the app connection ------------------------------------------------------
 
@@ -769,9 +778,14 @@ class ClientConnection(asyncio.Protocol):
         self._resume(PAUSE_BACKEND)
 
     def drain(self) -> None:
+        """Answer what is in flight with Connection: close, then close.
+
+        An idle keep-alive connection gets a short grace instead of an immediate close, so that a
+        request its client is sending right now is answered rather than lost in the race.
+        """
         self.closing = True
         if self.current is None and not self.pending:
-            self._close()
+            self._arm(min(self.config.idle_timeout, DRAIN_GRACE), self._idle_expired)
 
     def _close(self) -> None:
         self._disarm()

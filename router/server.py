@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
 import select
@@ -33,6 +34,14 @@ from router.tls import CertStore
 log = logging.getLogger("router")
 MASTER_SIGNALS = {signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGCHLD}
 READY_TIMEOUT = 10.0
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_parent() -> None:
+    """Have the kernel send SIGTERM to this worker if the master dies (prctl(2))."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        log.warning("at=warning desc=\"prctl(PR_SET_PDEATHSIG) failed\" errno=%d", ctypes.get_errno())
 
 
 @dataclass
@@ -129,6 +138,7 @@ class Master:
             code = 0
             try:
                 os.close(read_end)
+                die_with_parent()
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, MASTER_SIGNALS)
                 for other, listeners in enumerate(self.slots):
                     if other != slot:
