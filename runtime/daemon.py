@@ -32,6 +32,7 @@ import socket
 import subprocess
 import time
 from collections.abc import AsyncGenerator, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -158,6 +159,9 @@ class Runtime:
         self.network = network
         self.log_max_bytes = log_max_bytes
         self.records: dict[str, Record] = {}
+        # pyroute2 runs an asyncio loop of its own inside its blocking calls: give it a thread
+        # with a loop of its own so it never touches the daemon's.
+        self._net_pool = ThreadPoolExecutor(1, "network", initializer=_own_event_loop)
         self._exited: dict[str, asyncio.Event] = {}
         self._pidfds: dict[str, int] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -301,7 +305,7 @@ class Runtime:
             if self.network is not None and spec.network.mode == "bridge":
                 try:
                     att = await asyncio.get_running_loop().run_in_executor(
-                        None, self.network.attach, spec.id, rec.pid, spec.network.nat
+                        self._net_pool, self.network.attach, spec.id, rec.pid, spec.network.nat
                     )
                     rec.ip = str(getattr(att, "ip", "")) or None
                 except Exception as exc:
@@ -374,9 +378,9 @@ class Runtime:
 
     def _release(self, rec: Record) -> None:
         """Give back what a container held on the host: its network and its cgroup."""
-        if self.network is not None and spec_uses_network(rec.spec):
-            with contextlib.suppress(Exception):
-                self.network.detach(rec.spec.id)
+        if self.network is not None and spec_uses_network(rec.spec) and rec.ip is not None:
+            rec.ip = None
+            self._net_pool.submit(_quietly, self.network.detach, rec.spec.id)
         cg = self.cgroup(rec.spec.id)
         with contextlib.suppress(cgroups.CgroupError, OSError):
             cgroups.kill_all(cg)
@@ -530,6 +534,15 @@ class Runtime:
             loop.remove_reader(fd)
             os.close(fd)
         self._pidfds.clear()
+
+
+def _quietly(fn: Callable[[str], None], arg: str) -> None:
+    with contextlib.suppress(Exception):
+        fn(arg)
+
+
+def _own_event_loop() -> None:
+    asyncio.set_event_loop(asyncio.new_event_loop())
 
 
 def spec_uses_network(spec: ContainerSpec) -> bool:
@@ -689,8 +702,17 @@ async def serve(runtime: Runtime, socket_path: Path, ready: Callable[[], None] |
     await server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    me = os.getpid()
+
+    # Not loop.add_signal_handler: its wakeup fd is inherited by processes forked from this one
+    # (pyroute2 forks to enter network namespaces), and a signal such a child gets would reach
+    # this loop as if the daemon had got it. A plain handler runs only where the signal lands.
+    def on_signal(signum: int, frame: object) -> None:
+        if os.getpid() == me:
+            loop.call_soon_threadsafe(stop.set)
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        signal.signal(sig, on_signal)
     if ready is not None:
         ready()
     await stop.wait()

@@ -37,15 +37,21 @@ class Daemon:
     proc: subprocess.Popen[str] | None = None
     client: DaemonClient = field(init=False)
     made: list[str] = field(default_factory=list)
+    network: tuple[str, str] | None = None  # (bridge, subnet) for a daemon with networking
 
     def __post_init__(self) -> None:
         self.client = DaemonClient(self.root / "daemon.sock", timeout=60)
 
     def start(self) -> None:
+        env = dict(os.environ)
+        args = [sys.executable, "-m", "runtime", "--root", str(self.root), "daemon",
+                "--log-max-bytes", str(LOG_MAX_BYTES)]
+        if self.network is None:
+            args.append("--no-network")
+        else:
+            env["PAAS_BRIDGE"], env["PAAS_HOST_SUBNET"] = self.network
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "runtime", "--root", str(self.root), "daemon", "--no-network",
-             "--log-max-bytes", str(LOG_MAX_BYTES)],
-            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
@@ -105,6 +111,12 @@ class Daemon:
                 cgroups.kill_all(cg)
                 cg.remove()
         self.made.clear()
+
+    def teardown_network(self) -> None:
+        if self.network is not None:
+            from runtime.network import HostNetwork
+
+            HostNetwork(self.network[0], self.network[1], self.root / "network").teardown()
 
 
 @pytest.fixture(scope="module", name="tiny")
