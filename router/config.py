@@ -121,4 +121,5 @@ class RouterConfig:
             max_header_bytes=env_int(env, "PAAS_ROUTER_MAX_HEADER_BYTES", 32 * 1024, minimum=1024),
             max_headers=env_int(env, "PAAS_ROUTER_MAX_HEADERS", 100, minimum=4),
             flush_interval=env_seconds(env, "PAAS_ROUTER_FLUSH_INTERVAL", 1.0),
+            log_stream_maxlen=env_int(env, "PAAS_ROUTER_LOG_MAXLEN", 10_000, minimum=100),
         )
