@@ -260,7 +260,8 @@ def apps_info(app: str | None, as_json: bool) -> None:
     if as_json:
         output.say(dumps(data))
         return
-    shown = {"name", "team", "url", "git_url", "current_release", "formation", "created_at"}
+    shown = {"name", "team", "url", "git_url", "current_release", "formation", "domains",
+             "created_at"}
     pairs = [
         ("Name", output.text(data.get("name"))),
         ("Team", output.text(data.get("team"))),
@@ -268,6 +269,7 @@ def apps_info(app: str | None, as_json: bool) -> None:
         ("Git URL", output.text(data.get("git_url"))),
         ("Release", output.release_name(data.get("current_release"))),
         ("Formation", _formation_summary(data.get("formation"))),
+        ("Domains", output.text(data.get("domains")) or "none"),
         ("Created", output.when(data.get("created_at"))),
     ]
     for key, value in data.items():

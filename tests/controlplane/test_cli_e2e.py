@@ -53,13 +53,21 @@ class Server:
         assert result.returncode == 0, result.stderr
         return result
 
-    def user(self, username: str, *, staff: bool = False) -> str:
-        """Create a user with PASSWORD; return a token of theirs."""
-        args = ["user_create", username, "--email", f"{username}@example.com",
-                "--password-stdin", "--token"]
-        if staff:
-            args.append("--staff")
-        return self.manage(*args, stdin=PASSWORD + "\n").stdout.strip().splitlines()[-1]
+    def users(self, staff: dict[str, bool]) -> dict[str, str]:
+        """Create users (name -> is staff) with PASSWORD in one go; return name -> token."""
+        code = (
+            "import json\n"
+            "from core.actions import token_create, user_create\n"
+            "tokens = {}\n"
+            f"for name, staff in {staff!r}.items():\n"
+            "    user = user_create(actor=None, username=name, email=name + '@example.com',\n"
+            f"                       password={PASSWORD!r}, is_staff=staff)\n"
+            "    tokens[name] = token_create(actor=user, description='test')[1]\n"
+            "print(json.dumps(tokens))\n"
+        )
+        out = self.manage("shell", "--verbosity", "0", "-c", code).stdout
+        tokens: dict[str, str] = json.loads(out.strip().splitlines()[-1])
+        return tokens
 
     def deploy(self, app: str, username: str, process_types: dict[str, str]) -> None:
         """Record a good build of the app, as a finished `git push` would (the build itself is
@@ -75,7 +83,7 @@ class Server:
             "             image_digest='sha256:' + 'b' * 64,\n"
             f"             process_types={process_types!r})\n"
         )
-        self.manage("shell", "-c", code)
+        self.manage("shell", "--verbosity", "0", "-c", code)
 
 
 @pytest.fixture(scope="module")
@@ -164,13 +172,30 @@ def _unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
+# Every test has people of its own (a prefix each), made in one go for the whole module.
+PEOPLE = {
+    "alice": False, "bob": False, "carol": False, "dave": False, "owner": False,
+    "stranger": False, "eve": False, "frank": False, "grace": False, "heidi": False,
+    "ivan": False, "judy": False, "kim": False, "root": True, "plain": False,
+}
+
+
+@pytest.fixture(scope="module")
+def accounts(server: Server) -> dict[str, tuple[str, str]]:
+    names = {prefix: _unique(prefix) for prefix in PEOPLE}
+    tokens = server.users({names[prefix]: staff for prefix, staff in PEOPLE.items()})
+    return {prefix: (name, tokens[name]) for prefix, name in names.items()}
+
+
 @pytest.fixture
-def make_user(server: Server, tmp_path: Path) -> Iterator[Callable[..., User]]:
-    def make(prefix: str = "user", *, staff: bool = False, login: bool = True) -> User:
-        name = _unique(prefix)
+def make_user(
+    server: Server, accounts: dict[str, tuple[str, str]], tmp_path: Path,
+) -> Iterator[Callable[..., User]]:
+    def make(prefix: str, *, login: bool = True) -> User:
+        name, token = accounts[prefix]
         home = tmp_path / name
         home.mkdir()
-        user = User(name, home, server, server.user(name, staff=staff))
+        user = User(name, home, server, token)
         if login:
             user.login()
         return user
@@ -231,7 +256,9 @@ def test_it_logs_in_creates_configures_scales_and_rolls_back_an_app(
     assert isinstance(info, dict) and info["version"] == 4
 
 
-def test_it_prints_the_apis_own_json_for_listings(make_user: Callable[..., User], server: Server) -> None:
+def test_it_prints_the_apis_own_json_for_listings(
+    make_user: Callable[..., User], server: Server,
+) -> None:
     bob: User = make_user("bob")
     app = _unique("listed")
     bob.paas("apps:create", app)
@@ -269,7 +296,9 @@ def test_it_hides_another_teams_app_as_not_found(make_user: Callable[..., User])
     assert "not found" in out.stderr.lower()
 
 
-def test_it_refuses_a_wrong_token_and_stores_nothing(make_user: Callable[..., User], server: Server) -> None:
+def test_it_refuses_a_wrong_token_and_stores_nothing(
+    make_user: Callable[..., User], server: Server,
+) -> None:
     eve: User = make_user("eve", login=False)
     out = eve.paas("login", "--server", server.url, "--token", "paas_" + "x" * 40, ok=False)
     assert "paas login" in out.stderr
@@ -338,7 +367,9 @@ def test_it_manages_teams_and_members(make_user: Callable[..., User]) -> None:
     judy.paas("info", "-a", app, ok=False)
 
 
-def test_it_destroys_an_app_only_with_the_typed_name(make_user: Callable[..., User], tmp_path: Path) -> None:
+def test_it_destroys_an_app_only_with_the_typed_name(
+    make_user: Callable[..., User], tmp_path: Path,
+) -> None:
     kim: User = make_user("kim")
     repo = _git_repo(tmp_path / "gone-repo")
     app = _unique("gone")
@@ -353,8 +384,10 @@ def test_it_destroys_an_app_only_with_the_typed_name(make_user: Callable[..., Us
     assert "paas" not in remotes
 
 
-def test_it_lists_hosts_and_lets_only_staff_drain_them(make_user: Callable[..., User], server: Server) -> None:
-    admin: User = make_user("root", staff=True)
+def test_it_lists_hosts_and_lets_only_staff_drain_them(
+    make_user: Callable[..., User], server: Server,
+) -> None:
+    admin: User = make_user("root")
     user: User = make_user("plain")
     name = _unique("host")
     response = httpx.post(
