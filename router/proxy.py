@@ -399,6 +399,8 @@ class ClientConnection(asyncio.Protocol):
         ex.attempts += 1
         balancer.started(endpoint)  # counted from the pick, so concurrent connects spread out
         ex.counted = True
+        # An upgrade takes its app connection over for good: it gets a new one, never a pooled one.
+        fresh = fresh or ex.info.upgrade is not None
         conn = None if fresh else self.worker.take_idle(endpoint)
         if conn is not None:
             self._attach(ex, conn, reused=True)

@@ -79,11 +79,15 @@ class App:
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
+        served_here = 0
         try:
             while True:
                 request = await read_request(reader)
                 if request is None:
                     break
+                served_here += 1
+                if request[1] == "/second-dies" and served_here > 1:
+                    break  # a keep-alive connection the app dropped just as the router reused it
                 if not await self.answer(request, reader, writer):
                     break
         except (ConnectionError, asyncio.IncompleteReadError, ValueError):
@@ -138,6 +142,10 @@ class App:
             sock = writer.get_extra_info("socket")
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             writer.transport.abort()
+            return False
+        elif path == "/close-after":  # answers as if keeping the connection, then closes it
+            writer.write(response(200, b"closing now"))
+            await writer.drain()
             return False
         elif path == "/close-delimited":
             writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil-close-body")

@@ -84,6 +84,33 @@ async def test_it_keeps_both_sides_alive_and_reuses_the_app_connection() -> None
 
 
 @run
+async def test_it_opens_a_new_app_connection_when_the_app_closed_a_pooled_one() -> None:
+    app = await App().start()
+    async with running_router() as router:
+        router.set_app("web1", [app.endpoint])
+        client = await Client.connect(router.port)
+        for _ in range(10):
+            response = await client.request(path="/close-after")
+            assert (response.status, response.body) == (200, b"closing now")
+        client.close()
+        assert app.connections == 10
+    await app.stop()
+
+
+@run
+async def test_it_retries_a_bodyless_request_once_when_a_reused_app_connection_drops_it() -> None:
+    app = await App().start()
+    async with running_router() as router:
+        router.set_app("web1", [app.endpoint])
+        client = await Client.connect(router.port)
+        for _ in range(4):
+            assert (await client.request(path="/second-dies")).status == 200
+        client.close()
+        assert app.connections == 4  # each reuse was dropped, and answered on a new connection
+    await app.stop()
+
+
+@run
 async def test_it_streams_a_chunked_upload_and_a_chunked_response() -> None:
     app = await App().start()
     async with running_router() as router:
