@@ -102,4 +102,4 @@ def draw(chart: Chart) -> DrawnChart:
 
 
 def format_number(value: float | None) -> str:
-    return "–" if value is None else _fmt(value)
+    return "\N{EN DASH}" if value is None else _fmt(value)

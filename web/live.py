@@ -44,13 +44,13 @@ def runtime_metrics_key(app: str) -> str:
 
 
 @functools.lru_cache(maxsize=4)
-def _client(url: str) -> redis.Redis:
+def _client(url: str) -> redis.Redis[str]:
     # Short timeouts: a page must render (with "no data yet") even when Redis is away.
     return redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=2,
                                 decode_responses=True)
 
 
-def client() -> redis.Redis:
+def client() -> redis.Redis[str]:
     return _client(str(settings.REDIS_URL))
 
 
@@ -209,7 +209,7 @@ def app_metrics(app: str, now: Callable[[], float] = time.time,
     requests = Chart("Requests", "req/min", [
         Series("requests", per_minute(router, lambda r: _number(r, "requests")))], first)
     statuses = Chart("Responses by status", "req/min", [
-        Series(name, per_minute(router, lambda r, f=field: _number(r, f)))
+        Series(name, per_minute(router, functools.partial(_number, name=field)))
         for name, field in (("2xx", "status_2xx"), ("3xx", "status_3xx"),
                             ("4xx", "status_4xx"), ("5xx", "status_5xx"))], first)
 

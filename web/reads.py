@@ -29,7 +29,7 @@ from core.models import (
 )
 
 if TYPE_CHECKING:
-    from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+    from django.contrib.auth.models import AbstractBaseUser, AnonymousUser, User
 
     Actor = AbstractBaseUser | AnonymousUser
 
@@ -118,7 +118,7 @@ def summarize(app: Any, role: Role) -> AppSummary:
     up_by_type = Counter(c.type for c in containers if c.state in UP_STATES)
     processes = [ProcessCount(row.type, row.quantity, up_by_type.get(row.type, 0), row.size)
                  for row in formation]
-    release = f"v{app.current_version}" if app.current_version else "–"
+    release = f"v{app.current_version}" if app.current_version else "\N{EN DASH}"
     return AppSummary(app=app, role=role, status=status, release_name=release, processes=processes)
 
 
@@ -166,8 +166,8 @@ def events_of_team(team: Team) -> list[AuditEvent]:
     return list(AuditEvent.objects.filter(team=team).order_by("-created_at", "-id")[:EVENTS_SHOWN])
 
 
-def token_list(user: Actor) -> list[ApiToken]:
-    return list(ApiToken.objects.filter(user_id=user.pk).order_by("-created_at", "-id"))
+def token_list(user: User) -> list[ApiToken]:
+    return list(ApiToken.objects.filter(user=user).order_by("-created_at", "-id"))
 
 
 @dataclass(slots=True)
@@ -185,7 +185,7 @@ def teams_of(user: Actor) -> list[TeamRow]:
     teams = (Team.objects.filter(pk__in=list(roles))
              .annotate(member_count=Count("memberships", distinct=True),
                        app_count=Count("apps", distinct=True)).order_by("name"))
-    return [TeamRow(t, roles[t.pk], t.member_count, t.app_count) for t in teams]  # type: ignore[attr-defined]
+    return [TeamRow(t, roles[t.pk], t.member_count, t.app_count) for t in teams]
 
 
 def members_of(team: Team) -> list[Membership]:

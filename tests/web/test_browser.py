@@ -115,7 +115,7 @@ def test_it_walks_through_login_create_config_scale_rollback_and_hosts(
     page.get_by_label("Size of web").fill("1G")
     page.get_by_role("button", name="Apply scale").click()
     page.wait_for_url(re.compile(r"/apps/storefront/$"))
-    assert "Scaled web to 3 × 1G, worker to 0 × basic." in page.get_by_role("status").first.inner_text()
+    assert "Scaled web to 3 \N{MULTIPLICATION SIGN} 1G, worker to 0 \N{MULTIPLICATION SIGN} basic." in page.get_by_role("status").first.inner_text()
     web = Formation.objects.get(app=app, type="web")
     assert (web.quantity, web.size, web.memory_mb) == (3, "1G", 1024)
     page.locator("#metrics figure").first.wait_for()

@@ -9,7 +9,17 @@ import pytest
 from django.test import Client
 
 from core import actions
-from core.models import ApiToken, App, ConfigVar, Domain, Formation, Host, HostState, Membership, Release
+from core.models import (
+    ApiToken,
+    App,
+    ConfigVar,
+    Domain,
+    Formation,
+    Host,
+    HostState,
+    Membership,
+    Release,
+)
 
 from .conftest import PERSONAS, Acme, deploy, login, make_host
 

@@ -41,7 +41,7 @@ def number(value: float | None) -> str:
 @register.filter
 def megabytes(value: float | None) -> str:
     if value is None:
-        return "–"
+        return "\N{EN DASH}"
     if value >= 1024:
         return f"{value / 1024:.1f} GB"
     return f"{value:.0f} MB"
@@ -50,7 +50,7 @@ def megabytes(value: float | None) -> str:
 @register.filter
 def bytes_size(value: int | None) -> str:
     if value is None:
-        return "–"
+        return "\N{EN DASH}"
     size = float(value)
     for unit in ("B", "KB", "MB", "GB"):
         if size < 1024 or unit == "GB":
@@ -63,7 +63,7 @@ def bytes_size(value: int | None) -> str:
 def uptime(started: datetime | None) -> str:
     """How long ago `started` was, in the largest two units (e.g. 3h 12m)."""
     if started is None:
-        return "–"
+        return "\N{EN DASH}"
     seconds = max(0, int((timezone.now() - started).total_seconds()))
     days, rest = divmod(seconds, 86400)
     hours, rest = divmod(rest, 3600)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -13,7 +13,16 @@ from django.shortcuts import render
 
 from core.errors import ActionError, Forbidden, NotFound
 
+if TYPE_CHECKING:
+    from django.contrib.auth.models import User
+
 View = TypeVar("View", bound=Callable[..., HttpResponse])
+
+
+def acting_user(request: HttpRequest) -> User:
+    """The logged-in user (every view behind `dashboard_view` has one) as actions want it."""
+    assert request.user.is_authenticated
+    return request.user
 
 
 def is_htmx(request: HttpRequest) -> bool:
@@ -46,11 +55,8 @@ def back_with(
 ) -> HttpResponse:
     """Post/Redirect/Get: go back to `url` with a message saying how the change went."""
     if error is not None:
-        detail = "; ".join(
-            f"{field}: {' '.join(problems)}" for field, problems in error.fields.items()
-            if " ".join(problems) not in error.message
-        )
-        messages.error(request, f"{error.message} {detail}".strip())
+        # Actions write whole sentences; the per-field notes ("Taken.") only repeat them.
+        messages.error(request, error.message)
     elif success:
         messages.success(request, success)
     return HttpResponseRedirect(url, status=303)

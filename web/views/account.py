@@ -15,17 +15,17 @@ from core import actions
 from core.errors import ActionError, NotFound
 from core.models import ApiToken
 from web import reads
-from web.views._common import back_with, dashboard_view, run_action
+from web.views._common import acting_user, back_with, dashboard_view, run_action
 
 
 class LoginView(auth_views.LoginView):
     template_name = "web/registration/login.html"
     redirect_authenticated_user = True
-    next_page = reverse_lazy("web:apps")
+    next_page = reverse_lazy("web:apps")  # type: ignore[assignment]
 
 
 class LogoutView(auth_views.LogoutView):
-    next_page = reverse_lazy("web:login")
+    next_page = reverse_lazy("web:login")  # type: ignore[assignment]
 
 
 class PasswordChangeView(auth_views.PasswordChangeView):
@@ -49,12 +49,12 @@ def tokens(request: HttpRequest) -> HttpResponse:
     if request.method == "POST":
         description = request.POST.get("description", "").strip()
         try:
-            _token, created = actions.token_create(actor=request.user, description=description)
+            _token, created = actions.token_create(actor=acting_user(request), description=description)
         except ActionError as exc:
             return back_with(request, reverse("web:tokens"), error=exc)
     context = {
         "nav": "account",
-        "tokens": reads.token_list(request.user),
+        "tokens": reads.token_list(acting_user(request)),
         "created": created,
     }
     return render(request, "web/account/tokens.html", context, status=201 if created else 200)
@@ -64,10 +64,10 @@ def tokens(request: HttpRequest) -> HttpResponse:
 @require_POST
 def token_revoke(request: HttpRequest, token_id: int) -> HttpResponse:
     def revoke() -> None:
-        token = ApiToken.objects.filter(pk=token_id, user_id=request.user.pk).first()
+        token = ApiToken.objects.filter(pk=token_id, user=acting_user(request)).first()
         if token is None:
             raise NotFound(f"Token {token_id} not found.")
-        actions.token_revoke(actor=request.user, token=token)
+        actions.token_revoke(actor=acting_user(request), token=token)
 
     return run_action(request, reverse("web:tokens"), "The token was revoked; it no longer works.",
                       revoke)

@@ -16,7 +16,14 @@ from core.authz import Verb
 from core.errors import ActionError, Forbidden, Invalid, NotFound
 from core.models import App, Build, BuildStatus, Role
 from web import live, reads
-from web.views._common import back_with, dashboard_view, error_page, is_htmx, run_action
+from web.views._common import (
+    acting_user,
+    back_with,
+    dashboard_view,
+    error_page,
+    is_htmx,
+    run_action,
+)
 
 LIVE_POLL_SECONDS = 3
 STATUS_POLL_SECONDS = 5
@@ -77,7 +84,7 @@ def app_create(request: HttpRequest) -> HttpResponse:
     list_url = reverse("web:apps")
     try:
         team = authz.team_get(request.user, team_name) if team_name else None
-        app = actions.app_create(actor=request.user, name=name, team=team)
+        app = actions.app_create(actor=acting_user(request), name=name, team=team)
     except (NotFound, Forbidden) as exc:
         return error_page(request, exc)
     except ActionError as exc:
@@ -132,8 +139,9 @@ def app_scale(request: HttpRequest, name: str) -> HttpResponse:
         updates.append(update)
     return run_action(
         request, reverse("web:app", args=[name]),
-        lambda rows: "Scaled " + ", ".join(f"{r.type} to {r.quantity} × {r.size}" for r in rows) + ".",
-        lambda: actions.formation_scale(actor=request.user, app=app, updates=updates))
+        lambda rows: "Scaled " + ", ".join(
+            f"{r.type} to {r.quantity} \N{MULTIPLICATION SIGN} {r.size}" for r in rows) + ".",
+        lambda: actions.formation_scale(actor=acting_user(request), app=app, updates=updates))
 
 
 @dashboard_view
@@ -165,7 +173,7 @@ def app_rollback(request: HttpRequest, name: str) -> HttpResponse:
     url = reverse("web:app-releases", args=[name])
     return run_action(request, url, lambda release: f"Rolled back: made {release.name} "
                       f"({release.description}).",
-                      lambda: actions.release_rollback(actor=request.user, app=app,
+                      lambda: actions.release_rollback(actor=acting_user(request), app=app,
                                                        version=version))
 
 
@@ -242,7 +250,7 @@ def app_config_set(request: HttpRequest, name: str) -> HttpResponse:
     value = request.POST.get("value", "").replace("\r\n", "\n")
     return run_action(request, reverse("web:app-config", args=[name]),
                       lambda release: f"Set {key}: made {release.name}.",
-                      lambda: actions.config_set(actor=request.user, app=app, values={key: value}))
+                      lambda: actions.config_set(actor=acting_user(request), app=app, values={key: value}))
 
 
 @dashboard_view
@@ -255,7 +263,7 @@ def app_config_unset(request: HttpRequest, name: str) -> HttpResponse:
         authz.require_app(request.user, Verb.APP_DEPLOY, app)
         if not app.config_vars.filter(key=key).exists():
             raise Invalid(f"'{app.name}' has no config var '{key}' (any more).")
-        return actions.config_unset(actor=request.user, app=app, keys=[key])
+        return actions.config_unset(actor=acting_user(request), app=app, keys=[key])
 
     return run_action(request, reverse("web:app-config", args=[name]),
                       lambda release: f"Removed {key}: made {release.name}.", unset)
@@ -278,7 +286,7 @@ def app_domain_add(request: HttpRequest, name: str) -> HttpResponse:
     app, _ = _app(request, name)
     hostname = request.POST.get("hostname", "").strip()
     return run_action(request, reverse("web:app-domains", args=[name]), f"Added {hostname}.",
-                      lambda: actions.domain_add(actor=request.user, app=app, hostname=hostname))
+                      lambda: actions.domain_add(actor=acting_user(request), app=app, hostname=hostname))
 
 
 @dashboard_view
@@ -287,7 +295,7 @@ def app_domain_remove(request: HttpRequest, name: str) -> HttpResponse:
     app, _ = _app(request, name)
     hostname = request.POST.get("hostname", "").strip()
     return run_action(request, reverse("web:app-domains", args=[name]), f"Removed {hostname}.",
-                      lambda: actions.domain_remove(actor=request.user, app=app, hostname=hostname))
+                      lambda: actions.domain_remove(actor=acting_user(request), app=app, hostname=hostname))
 
 
 # --- logs and events -------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from core import actions, authz
 from core.errors import NotFound
 from core.models import Host
 from web import reads
-from web.views._common import dashboard_view, is_htmx, run_action
+from web.views._common import acting_user, dashboard_view, is_htmx, run_action
 
 POLL_SECONDS = 10
 
@@ -34,7 +34,7 @@ def host_drain(request: HttpRequest, name: str) -> HttpResponse:
         host = Host.objects.filter(name=name).first()
         if host is None:
             raise NotFound(f"Host '{name}' not found.")
-        return actions.host_drain(actor=request.user, host=host)
+        return actions.host_drain(actor=acting_user(request), host=host)
 
     return run_action(request, reverse("web:hosts"),
                       f"Draining {name}: no new containers go there; its containers move elsewhere.",

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from django.conf import settings
 from django.contrib.staticfiles import finders
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponseBase
 from django.views.decorators.http import require_safe
 from django.views.static import serve
 
@@ -32,7 +32,7 @@ def _locate(path: str) -> Path | None:
 
 
 @require_safe
-def static_file(request: HttpRequest, path: str) -> HttpResponse:
+def static_file(request: HttpRequest, path: str) -> HttpResponseBase:
     normalized = posixpath.normpath(path).lstrip("/")
     if normalized != path or normalized.startswith("..") or not normalized:
         raise Http404("No such file.")

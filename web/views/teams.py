@@ -13,7 +13,7 @@ from core.authz import Verb
 from core.errors import ActionError, Forbidden, NotFound
 from core.models import Role, Team
 from web import reads
-from web.views._common import back_with, dashboard_view, error_page, run_action
+from web.views._common import acting_user, back_with, dashboard_view, error_page, run_action
 
 ROLES = [role.value for role in Role]
 
@@ -31,7 +31,7 @@ def team_index(request: HttpRequest) -> HttpResponse:
 def team_create(request: HttpRequest) -> HttpResponse:
     name = request.POST.get("name", "").strip()
     try:
-        team = actions.team_create(actor=request.user, name=name)
+        team = actions.team_create(actor=acting_user(request), name=name)
     except ActionError as exc:
         return back_with(request, reverse("web:teams"), error=exc)
     return back_with(request, reverse("web:team", args=[team.name]),
@@ -79,7 +79,7 @@ def member_add(request: HttpRequest, name: str) -> HttpResponse:
     def add() -> object:
         authz.require(request.user, Verb.MEMBERS_MANAGE, team)
         user = lookups.user_find(identifier)
-        return actions.member_add(actor=request.user, team=team, user=user, role=role)
+        return actions.member_add(actor=acting_user(request), team=team, user=user, role=role)
 
     return run_action(request, reverse("web:team", args=[name]),
                       lambda m: f"Added {m.user.get_username()} as {m.role}.", add)
@@ -94,7 +94,7 @@ def member_role(request: HttpRequest, name: str, username: str) -> HttpResponse:
     try:
         authz.require(request.user, Verb.MEMBERS_MANAGE, team)
         user = _member_user(team, username)
-        actions.member_role_set(actor=request.user, team=team, user=user, role=role)  # type: ignore[arg-type]
+        actions.member_role_set(actor=acting_user(request), team=team, user=user, role=role)  # type: ignore[arg-type]
     except Forbidden as exc:
         return error_page(request, exc)
     except ActionError as exc:
@@ -110,7 +110,7 @@ def member_remove(request: HttpRequest, name: str, username: str) -> HttpRespons
     try:
         authz.require(request.user, Verb.MEMBERS_MANAGE, team)
         user = _member_user(team, username)
-        actions.member_remove(actor=request.user, team=team, user=user)  # type: ignore[arg-type]
+        actions.member_remove(actor=acting_user(request), team=team, user=user)  # type: ignore[arg-type]
     except Forbidden as exc:
         return error_page(request, exc)
     except ActionError as exc:
