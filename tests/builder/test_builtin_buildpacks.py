@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from builder.buildpack import BUILTIN_DIR, BuildRequest, build
+from builder.errors import BuildError
 from builder.executor import HostExecutor
 
 from .conftest import APPS, Output
@@ -320,3 +321,16 @@ def test_it_builds_with_the_stacks_node_when_engines_node_asks_for_another(tmp_p
     assert " !     engines.node asks for 0.10.x, which this stack does not have;" in out
     assert "building with the stack's Node.js v" in out
     assert "No engines.node in package.json" in engines(tmp_path, None)
+
+
+@pytest.mark.slow
+def test_it_explains_a_python_install_that_fails(tmp_path: Path, shared_cache: Path, output: Output) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / ".python-version").write_text("# pinned later\n")
+    (src / "requirements.txt").write_text("this is not a requirement!!\n")
+    req = BuildRequest(app="broken", source_dir=src, work_dir=tmp_path / "work", cache_dir=shared_cache)
+    with pytest.raises(BuildError, match=r"^Failed to compile the app: bin/compile of buildpack python exited with status 1\.$"):
+        build(req, HostExecutor(), output.append)
+    assert any("No Python version named in .python-version or runtime.txt" in line for line in output)
+    assert " !     pip install failed (exit status 1); see its messages above" in output

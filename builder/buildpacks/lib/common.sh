@@ -21,3 +21,6 @@ export_env_dir() {
     export "$name=$(cat "$path")"
   done
 }
+
+# Under `set -e` a failing command ends the script; say which one, so the build log explains it.
+trap 'echo " !     $(basename "$0") stopped: \`$BASH_COMMAND\` failed (line $LINENO)"' ERR
