@@ -62,14 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     elapsed = time.monotonic() - started
-    summary = {
-        "app": args.app,
-        "kinds": list(result.kinds),
-        "process_types": result.process_types.as_label(),
-        "slug_digest": result.slug.digest,
-        "slug_bytes": result.slug.size,
-        "build_seconds": round(elapsed, 2),
-    }
+    summary = {"app": args.app, **result.summary(), "build_seconds": round(elapsed, 2)}
     print(f"build took {elapsed:.1f} s; slug {result.slug.size} bytes, {result.slug.digest}")
     if args.json:
         print(json.dumps(summary))

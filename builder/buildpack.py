@@ -99,6 +99,23 @@ class BuildResult:
     slug: SlugLayer
     image_config: dict[str, Any]
 
+    def summary(self) -> dict[str, Any]:
+        """Return what the control plane records about the build, as JSON-ready values."""
+        return {
+            "kinds": list(self.kinds),
+            "buildpacks": list(self.buildpacks),
+            "process_types": dict(self.process_types.types),
+            "release_command": self.process_types.release,
+            "warnings": list(self.process_types.warnings),
+            "config_vars": dict(self.config_vars),
+            "slug": {
+                "digest": self.slug.digest,
+                "size": self.slug.size,
+                "diff_id": self.slug.diff_id,
+                "media_type": self.slug.media_type,
+            },
+        }
+
 
 def default_cache_dir(app: str, data_dir: Path) -> Path:
     """Return where the build cache of `app` lives: `<data dir>/cache/<app>`."""

@@ -357,3 +357,17 @@ def test_it_stops_the_step_when_the_output_receiver_gives_up(
     with pytest.raises(Disconnected):
         build(request_for(app_source, buildpacks=[str(bp)]), HostExecutor(kill_grace=1), on_line)
     assert pid_gone(int(seen[-1].split()[1]))
+
+
+def test_it_summarises_the_build_as_json_ready_values(
+    app_source: Path, request_for: RequestFor, make_buildpack: MakeBuildpack, output: Output
+) -> None:
+    (app_source / "Procfile").write_text("web: serve $PORT\nrelease: migrate\n")
+    bp = make_buildpack("sum", detect="echo Summed", release="printf -- '---\\nconfig_vars:\\n  A: b\\n'")
+    result = build(request_for(app_source, buildpacks=[str(bp)]), HostExecutor(), output.append)
+    summary = json.loads(json.dumps(result.summary()))
+    assert summary["kinds"] == ["Summed"]
+    assert summary["process_types"] == {"web": "serve $PORT"}
+    assert summary["release_command"] == "migrate"
+    assert summary["config_vars"] == {"A": "b"}
+    assert summary["slug"]["digest"] == result.slug.digest

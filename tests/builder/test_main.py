@@ -18,7 +18,7 @@ def test_it_builds_a_directory_and_prints_a_json_summary(tmp_path: Path) -> None
     assert proc.stdout.splitlines()[0] == "-----> Static site app detected"
     summary = json.loads(proc.stdout.splitlines()[-1])
     assert summary["kinds"] == ["Static site"]
-    assert summary["slug_digest"].startswith("sha256:")
+    assert summary["slug"]["digest"].startswith("sha256:")
     assert "web" in summary["process_types"]
 
 
