@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import stat
+import subprocess
+import tarfile
 from pathlib import Path
 
 from builder.errors import SourceError
 
 DEFAULT_MAX_FILE_BYTES = 100 * 1024**2
+_COMMIT_RE = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")
 
 
 def check_source(root: Path, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES) -> None:
@@ -45,6 +49,50 @@ def _check_link(root: Path, path: Path, rel: str) -> None:
     resolved = Path(os.path.realpath(path))
     if resolved != root and root not in resolved.parents:
         raise SourceError(f"{rel} is a symlink to {target!r}, which points outside the app")
+
+
+def checkout(
+    repo: Path, commit: str, dest: Path, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+    timeout: float = 300,
+) -> None:
+    """Write the tree of `commit` in the git repository `repo` into `dest` (created).
+
+    Uses the real `git archive`, so `export-ignore` attributes apply and `.git` never lands in
+    the app; submodules are not included. Raise SourceError for an unknown commit or a file
+    over `max_file_bytes` (before it is written).
+    """
+    if not _COMMIT_RE.match(commit):
+        raise SourceError(f"{commit!r} is not a full commit id")
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/nonexistent", "GIT_CONFIG_NOSYSTEM": "1",
+           "LANG": "C.UTF-8"}
+    argv = ["git", f"--git-dir={repo}", "archive", "--format=tar", f"{commit}^{{tree}}"]
+    dest.mkdir(parents=True)
+    with subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        try:
+            with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
+                for member in tar:
+                    if member.isfile() and member.size > max_file_bytes:
+                        raise SourceError(
+                            f"{member.name} is {_mib(member.size)}, over the limit of "
+                            f"{_mib(max_file_bytes)} per file; keep large files out of the repository"
+                        )
+                    tar.extract(member, dest, filter="tar")
+        except tarfile.ReadError:
+            pass  # git printed no archive: its exit status and message say why
+        except tarfile.FilterError as e:
+            raise SourceError(f"the commit holds an entry that cannot be checked out: {e}") from None
+        finally:
+            proc.stdout.close()
+            try:
+                err = proc.stderr.read().decode(errors="replace")
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                raise SourceError("git archive did not finish in time") from None
+    if proc.returncode != 0:
+        detail = err.strip().splitlines()[-1] if err.strip() else f"exit status {proc.returncode}"
+        raise SourceError(f"cannot check out {commit[:12]}: {detail}")
 
 
 def copy_source(src: Path, dest: Path) -> None:

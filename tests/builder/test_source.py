@@ -1,12 +1,13 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from builder.errors import SourceError
-from builder.source import check_source
+from builder.source import check_source, checkout
 
 
 @pytest.fixture
@@ -53,3 +54,59 @@ def test_it_refuses_special_files(src: Path) -> None:
     os.mkfifo(src / "pipe")
     with pytest.raises(SourceError, match=r"^pipe is not a regular file, directory or symlink"):
         check_source(src)
+
+
+def _git(*args: str, cwd: Path) -> str:
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(cwd), "GIT_CONFIG_NOSYSTEM": "1",
+           "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}
+    return subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True, text=True).stdout.strip()
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> tuple[Path, str]:
+    """A bare repository (as pushes land) holding one commit."""
+    work = tmp_path / "work"
+    (work / "bin").mkdir(parents=True)
+    (work / "bin" / "run").write_text("#!/bin/sh\necho run\n")
+    (work / "bin" / "run").chmod(0o755)
+    (work / "README").write_text("hello\n")
+    (work / "readme-link").symlink_to("README")
+    (work / "notes.txt").write_text("not shipped\n")
+    (work / "data").mkdir()
+    (work / "data" / "blob.bin").write_bytes(b"x" * 4096)
+    (work / ".gitattributes").write_text("notes.txt export-ignore\n")
+    _git("init", "-q", "-b", "main", cwd=work)
+    _git("add", ".", cwd=work)
+    _git("commit", "-q", "-m", "one", cwd=work)
+    bare = tmp_path / "app.git"
+    _git("clone", "-q", "--bare", str(work), str(bare), cwd=tmp_path)
+    return bare, _git("rev-parse", "HEAD", cwd=work)
+
+
+def test_it_checks_out_a_commit_with_modes_and_symlinks(repo: tuple[Path, str], tmp_path: Path) -> None:
+    bare, commit = repo
+    dest = tmp_path / "out"
+    checkout(bare, commit, dest)
+    assert sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*")) == [
+        ".gitattributes", "README", "bin", "bin/run", "data", "data/blob.bin", "readme-link",
+    ]
+    assert os.access(dest / "bin" / "run", os.X_OK)
+    assert os.readlink(dest / "readme-link") == "README"
+
+
+def test_it_names_a_commit_the_repository_lacks(repo: tuple[Path, str], tmp_path: Path) -> None:
+    bare, _commit = repo
+    with pytest.raises(SourceError, match=r"^cannot check out 0123456789ab: "):
+        checkout(bare, "0123456789abcdef0123456789abcdef01234567", tmp_path / "out")
+    with pytest.raises(SourceError, match=r"is not a full commit id"):
+        checkout(bare, "HEAD", tmp_path / "out2")
+
+
+def test_it_refuses_an_oversized_file_before_writing_it(repo: tuple[Path, str], tmp_path: Path) -> None:
+    bare, commit = repo
+    dest = tmp_path / "out"
+    with pytest.raises(SourceError, match=r"^data/blob.bin is 0.0 MiB, over the limit"):
+        checkout(bare, commit, dest, max_file_bytes=1024)
+    assert (dest / "bin" / "run").exists()
+    assert not (dest / "data" / "blob.bin").exists()
