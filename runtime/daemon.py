@@ -32,7 +32,7 @@ import socket
 import subprocess
 import time
 from collections.abc import AsyncGenerator, Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -162,6 +162,8 @@ class Runtime:
         # pyroute2 runs an asyncio loop of its own inside its blocking calls: give it a thread
         # with a loop of its own so it never touches the daemon's.
         self._net_pool = ThreadPoolExecutor(1, "network", initializer=_own_event_loop)
+        self._io_pool = ThreadPoolExecutor(2, "release")
+        self._releasing: dict[str, Future[None]] = {}
         self._exited: dict[str, asyncio.Event] = {}
         self._pidfds: dict[str, int] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -369,12 +371,14 @@ class Runtime:
         cg = self.cgroup(rec.spec.id)
         with contextlib.suppress(cgroups.CgroupError, OSError):
             rec.oom = cg.oom_kills() > 0
-        self._release(rec)
         rec.exit_code, rec.finished_at = code, time.time()
         rec.state = "oom" if rec.oom else "exited"
         self._save(rec)
         self._exited[rec.spec.id].set()
         self._emit(rec, rec.state)
+        # The cgroup may hold exiting tasks for a moment (rmdir says EBUSY): release it off
+        # the event loop.
+        self._releasing[rec.spec.id] = self._io_pool.submit(self._release, rec)
 
     def _release(self, rec: Record) -> None:
         """Give back what a container held on the host: its network and its cgroup."""
@@ -425,10 +429,12 @@ class Runtime:
             if force is not True:
                 raise OpError(f"container {rec.spec.id} is running; stop it first or force", "conflict")
             await self.stop(rec.spec.id, 0)
+        pending = self._releasing.pop(rec.spec.id, None)
+        if pending is not None:
+            await asyncio.wrap_future(pending)
         await asyncio.get_running_loop().run_in_executor(
-            None, shutil.rmtree, self.paths(rec.spec.id).dir, True
+            self._io_pool, shutil.rmtree, self.paths(rec.spec.id).dir, True
         )
-        self._release(rec)
         del self.records[rec.spec.id]
         self._exited.pop(rec.spec.id, None)
         self._locks.pop(rec.spec.id, None)
@@ -639,6 +645,8 @@ class Server:
                 await _reply(writer, {"ok": False, "error": f"internal error: {exc}", "kind": "internal"})
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
+        except asyncio.CancelledError:
+            pass  # the daemon is shutting down; the client sees the connection close
         finally:
             with contextlib.suppress(Exception):
                 writer.close()

@@ -51,7 +51,7 @@ class Daemon:
         else:
             env["PAAS_BRIDGE"], env["PAAS_HOST_SUBNET"] = self.network
         self.proc = subprocess.Popen(
-            args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            args, cwd=REPO, env=env, stdout=subprocess.PIPE, text=True,
         )
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()

@@ -199,6 +199,9 @@ def test_it_applies_memory_cpu_and_pids_limits_in_the_containers_cgroup(rt: Daem
     assert 0 < stats["memory_bytes"] < 48 * 1024 * 1024
     assert stats["pids"] == 2 and stats["cpu_ns"] > 0
     rt.client.stop(c["id"], timeout_s=1)
+    deadline = time.monotonic() + 10  # released off the daemon's event loop
+    while mem.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
     assert not mem.exists()  # the cgroup goes with the container
 
 
