@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import random
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -57,43 +57,63 @@ class RequestInfo:
     connection_tokens: frozenset[bytes] = frozenset()
     forwarded_for: bytes | None = None
     via: bytes | None = None
+    forward: list[bytes] = field(default_factory=list)  # the header lines passed on, pieces
 
 
 def _tokens(value: bytes) -> set[bytes]:
     return {t.strip().lower() for t in value.split(b",") if t.strip()}
 
 
+# What inspect_request does with each header it knows; unknown ones are passed on as they are.
+_DROP, _HOST, _LENGTH, _TRANSFER, _CONNECTION, _UPGRADE, _REQUEST_ID, _FORWARDED_FOR, _VIA = range(9)
+_REQUEST_KINDS: dict[bytes, int] = {name: _DROP for name in HOP_BY_HOP | REPLACED}
+_REQUEST_KINDS.update({
+    b"host": _HOST, b"content-length": _LENGTH, b"transfer-encoding": _TRANSFER,
+    b"connection": _CONNECTION, b"upgrade": _UPGRADE, b"x-request-id": _REQUEST_ID,
+    b"x-forwarded-for": _FORWARDED_FOR, b"via": _VIA,
+})
+_CONNECTION_OPTIONS = frozenset({b"keep-alive", b"close", b"upgrade"})
+
+
 def inspect_request(headers: Headers) -> RequestInfo:
     """Read the headers that matter for routing and framing; BadRequest when they conflict.
 
-    The parser already refuses most smuggling shapes; this is the second line, so that a parser
-    leniency never turns into a desynchronised backend connection (CWE-444).
+    One pass also collects the header lines to pass on to the app (all but the hop-by-hop ones
+    and those the router sets itself). The parser already refuses most smuggling shapes; this is
+    the second line, so that a parser leniency never turns into a desynchronised app connection
+    (CWE-444).
     """
     info = RequestInfo()
+    forward = info.forward
     tokens: set[bytes] = set()
     lengths: set[bytes] = set()
     transfer: list[bytes] = []
     upgrade: bytes | None = None
     hosts = 0
+    kinds = _REQUEST_KINDS
     for name, value in headers:
-        lname = name.lower()
-        if lname == b"host":
+        kind = kinds.get(name.lower())
+        if kind is None:
+            forward += (name, b": ", value, b"\r\n")
+        elif kind == _HOST:
             hosts += 1
             info.host = value.decode("latin-1")
-        elif lname == b"content-length":
+            forward += (name, b": ", value, b"\r\n")
+        elif kind == _LENGTH:
             lengths.add(value.strip())
-        elif lname == b"transfer-encoding":
+            forward += (name, b": ", value, b"\r\n")
+        elif kind == _TRANSFER:
             transfer.extend(t.strip().lower() for t in value.split(b",") if t.strip())
-        elif lname == b"connection":
+        elif kind == _CONNECTION:
             tokens |= _tokens(value)
-        elif lname == b"upgrade":
+        elif kind == _UPGRADE:
             upgrade = value.strip()
-        elif lname == b"x-request-id":
+        elif kind == _REQUEST_ID:
             if REQUEST_ID.match(value):
                 info.request_id = value.decode("ascii")
-        elif lname == b"x-forwarded-for":
+        elif kind == _FORWARDED_FOR:
             info.forwarded_for = value if info.forwarded_for is None else info.forwarded_for + b", " + value
-        elif lname == b"via":
+        elif kind == _VIA:
             info.via = value if info.via is None else info.via + b", " + value
     if hosts > 1:
         raise BadRequest(400, "bad_request", "The request has more than one Host header.")
@@ -113,6 +133,14 @@ def inspect_request(headers: Headers) -> RequestInfo:
     info.connection_tokens = frozenset(tokens)
     if upgrade is not None and b"upgrade" in tokens:
         info.upgrade = upgrade
+    named = tokens - _CONNECTION_OPTIONS
+    if named:  # fields the client declared hop-by-hop in Connection stay with this hop too
+        info.forward = [
+            piece
+            for i in range(0, len(forward), 4)
+            if forward[i].lower() not in named
+            for piece in forward[i : i + 4]
+        ]
     return info
 
 
@@ -130,7 +158,6 @@ def new_request_id() -> str:
 def request_head(
     method: bytes,
     target: bytes,
-    headers: Headers,
     info: RequestInfo,
     *,
     client_ip: str,
@@ -141,30 +168,26 @@ def request_head(
     via: bytes,
 ) -> bytes:
     """Build the request head the app receives: hop-by-hop fields out, forwarding fields in."""
-    drop = info.connection_tokens
-    out = [method, b" ", target, b" HTTP/1.1\r\n"]
-    append = out.append
-    for name, value in headers:
-        lname = name.lower()
-        if lname in HOP_BY_HOP or lname in REPLACED or lname in APPENDED or lname in drop:
-            continue
-        append(name)
-        append(b": ")
-        append(value)
-        append(b"\r\n")
     ip = client_ip.encode("ascii")
-    forwarded = info.forwarded_for + b", " + ip if info.forwarded_for else ip
-    append(b"X-Forwarded-For: " + forwarded + b"\r\n")
-    append(b"X-Forwarded-Proto: " + proto + b"\r\nX-Forwarded-Port: " + port + b"\r\n")
-    append(b"X-Request-Id: " + request_id.encode("ascii") + b"\r\n")
-    append(b"X-Request-Start: " + str(start_ms).encode("ascii") + b"\r\n")
-    append(b"Via: " + (info.via + b", " + via if info.via else via) + b"\r\n")
+    tail = (
+        b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\nX-Forwarded-Port: %s\r\n"
+        b"X-Request-Id: %s\r\nX-Request-Start: %d\r\nVia: %s\r\n"
+        % (
+            info.forwarded_for + b", " + ip if info.forwarded_for else ip,
+            proto,
+            port,
+            request_id.encode("ascii"),
+            start_ms,
+            info.via + b", " + via if info.via else via,
+        )
+    )
     if info.upgrade is not None:
-        append(b"Connection: Upgrade\r\nUpgrade: " + info.upgrade + b"\r\n")
+        tail += b"Connection: Upgrade\r\nUpgrade: " + info.upgrade + b"\r\n\r\n"
     elif info.chunked:
-        append(b"Transfer-Encoding: chunked\r\n")
-    append(b"\r\n")
-    return b"".join(out)
+        tail += b"Transfer-Encoding: chunked\r\n\r\n"
+    else:
+        tail += b"\r\n"
+    return b"".join((method, b" ", target, b" HTTP/1.1\r\n", *info.forward, tail))
 
 
 # How a response body travels to the client.
@@ -184,6 +207,13 @@ class ResponsePlan:
     keep_alive: bool
 
 
+_RESPONSE_KINDS: dict[bytes, int] = {name: _DROP for name in HOP_BY_HOP}
+_RESPONSE_KINDS.update({
+    b"connection": _CONNECTION, b"content-length": _LENGTH, b"transfer-encoding": _TRANSFER,
+    b"via": _VIA, b"upgrade": _UPGRADE,
+})
+
+
 def response_head(
     status: int,
     reason: bytes,
@@ -198,15 +228,26 @@ def response_head(
     """Build the response head the client receives and decide the body framing on both sides."""
     tokens: set[bytes] = set()
     length: bytes | None = None
+    length_name = b"Content-Length"
     chunked = False
+    via_seen: bytes | None = None
+    upgrade = b"websocket"
+    forward: list[bytes] = []
+    kinds = _RESPONSE_KINDS
     for name, value in headers:
-        lname = name.lower()
-        if lname == b"connection":
+        kind = kinds.get(name.lower())
+        if kind is None:
+            forward += (name, b": ", value, b"\r\n")
+        elif kind == _CONNECTION:
             tokens |= _tokens(value)
-        elif lname == b"content-length":
-            length = value
-        elif lname == b"transfer-encoding":
+        elif kind == _LENGTH:
+            length, length_name = value, name
+        elif kind == _TRANSFER:
             chunked = chunked or value.strip().lower().endswith(b"chunked")
+        elif kind == _VIA:
+            via_seen = value if via_seen is None else via_seen + b", " + value
+        elif kind == _UPGRADE:
+            upgrade = value
     if upgraded or head_request or status < 200 or status in (204, 304):
         app_framing = framing = NO_BODY
     elif chunked:
@@ -218,29 +259,24 @@ def response_head(
         app_framing = UNTIL_CLOSE
         framing = CHUNKED if client_http11 else UNTIL_CLOSE
     keep_alive = client_keep_alive and framing != UNTIL_CLOSE and not upgraded
-    out = [b"HTTP/1.1 ", str(status).encode("ascii"), b" ", reason or b"-", b"\r\n"]
-    append = out.append
-    via_seen: bytes | None = None
-    for name, value in headers:
-        lname = name.lower()
-        if lname in HOP_BY_HOP or lname in tokens:
-            continue
-        if lname == b"via":
-            via_seen = value if via_seen is None else via_seen + b", " + value
-            continue
-        if lname == b"content-length" and framing != LENGTH and not (framing == NO_BODY and head_request):
-            continue
-        append(name)
-        append(b": ")
-        append(value)
-        append(b"\r\n")
-    append(b"Via: " + (via_seen + b", " + via if via_seen else via) + b"\r\n")
+    named = tokens - _CONNECTION_OPTIONS
+    if named:  # fields the app declared hop-by-hop in Connection stay on its side
+        forward = [
+            piece
+            for i in range(0, len(forward), 4)
+            if forward[i].lower() not in named
+            for piece in forward[i : i + 4]
+        ]
+    tail = [b"Via: ", via_seen + b", " + via if via_seen else via, b"\r\n"]
+    if length is not None and (framing == LENGTH or (framing == NO_BODY and head_request)):
+        tail += (length_name, b": ", length, b"\r\n")
     if upgraded:
-        upgrade = next((v for n, v in headers if n.lower() == b"upgrade"), b"websocket")
-        append(b"Connection: Upgrade\r\nUpgrade: " + upgrade + b"\r\n")
+        tail += (b"Connection: Upgrade\r\nUpgrade: ", upgrade, b"\r\n")
     elif framing == CHUNKED:
-        append(b"Transfer-Encoding: chunked\r\n")
+        tail.append(b"Transfer-Encoding: chunked\r\n")
     if not upgraded and status >= 200:
-        append(b"Connection: keep-alive\r\n" if keep_alive else b"Connection: close\r\n")
-    append(b"\r\n")
-    return ResponsePlan(b"".join(out), framing, app_framing, keep_alive)
+        tail.append(b"Connection: keep-alive\r\n\r\n" if keep_alive else b"Connection: close\r\n\r\n")
+    else:
+        tail.append(b"\r\n")
+    head = b"".join((b"HTTP/1.1 %d %s\r\n" % (status, reason or b"-"), *forward, *tail))
+    return ResponsePlan(head, framing, app_framing, keep_alive)

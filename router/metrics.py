@@ -18,6 +18,7 @@ commands to Redis in one pipeline. Redis keys (read by the dashboard):
 from __future__ import annotations
 
 import time
+from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,10 +46,7 @@ def logs_key(app: str) -> str:
 
 
 def bucket_field(ms: float) -> str:
-    for bound, name in zip(BUCKETS, BUCKET_FIELDS, strict=False):
-        if ms <= bound:
-            return name
-    return BUCKET_FIELDS[-1]
+    return BUCKET_FIELDS[bisect_left(BUCKETS, ms)]
 
 
 @dataclass(slots=True)

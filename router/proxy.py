@@ -336,7 +336,7 @@ class ClientConnection(asyncio.Protocol):
         keep_alive = parser.should_keep_alive() and info.upgrade is None
         ex = Exchange(method, target, info, parser.get_http_version() == "1.1", keep_alive)
         ex.head = request_head(
-            method, target, self.headers, info,
+            method, target, info,
             client_ip=self.client_ip, proto=self.proto, port=self.port,
             request_id=ex.request_id, start_ms=int(ex.start_wall * 1000), via=self.worker.via,
         )

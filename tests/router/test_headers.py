@@ -23,7 +23,7 @@ def head_for(headers: list[tuple[bytes, bytes]], **kwargs: object) -> dict[bytes
                                       request_id=info.request_id or "generated-id-1", start_ms=1700000000123,
                                       via=b"1.1 paas-router")
     options.update(kwargs)
-    raw = request_head(b"GET", b"/x?y=1", headers, info, **options)  # type: ignore[arg-type]
+    raw = request_head(b"GET", b"/x?y=1", info, **options)  # type: ignore[arg-type]
     lines = raw.split(b"\r\n")
     assert lines[0] == b"GET /x?y=1 HTTP/1.1"
     assert raw.endswith(b"\r\n\r\n")
