@@ -112,4 +112,6 @@ def tree_size(root: Path) -> int:
 
 
 def _mib(n: int) -> str:
-    return f"{n / 1024**2:.1f} MiB"
+    if n >= 1024**2:
+        return f"{n / 1024**2:.1f} MiB"
+    return f"{n / 1024:.1f} KiB" if n >= 1024 else f"{n} bytes"

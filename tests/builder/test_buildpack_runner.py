@@ -305,7 +305,7 @@ def test_it_refuses_an_oversized_file(
     app_source: Path, request_for: RequestFor, output: Output
 ) -> None:
     (app_source / "video.mp4").write_bytes(b"\0" * 2048)
-    with pytest.raises(SourceError, match=r"^video.mp4 is 0.0 MiB, over the limit"):
+    with pytest.raises(SourceError, match=r"^video.mp4 is 2.0 KiB, over the limit of 1.0 KiB per file"):
         build(request_for(app_source, max_file_bytes=1024), HostExecutor(), output.append)
 
 

@@ -106,7 +106,7 @@ def test_it_names_a_commit_the_repository_lacks(repo: tuple[Path, str], tmp_path
 def test_it_refuses_an_oversized_file_before_writing_it(repo: tuple[Path, str], tmp_path: Path) -> None:
     bare, commit = repo
     dest = tmp_path / "out"
-    with pytest.raises(SourceError, match=r"^data/blob.bin is 0.0 MiB, over the limit"):
+    with pytest.raises(SourceError, match=r"^data/blob.bin is 4.0 KiB, over the limit of 1.0 KiB per file"):
         checkout(bare, commit, dest, max_file_bytes=1024)
     assert (dest / "bin" / "run").exists()
     assert not (dest / "data" / "blob.bin").exists()
