@@ -136,7 +136,10 @@ def test_it_brings_the_platform_up_and_stops_every_process_on_ctrl_c(
                 continue
             token = match.group(1) if match else None
         assert token is not None, "".join(log)
-        assert f"paas login --server http://{up_env['PAAS_BIND']} --token {token}" in "".join(log)
+        login = f"paas login --server http://{up_env['PAAS_BIND']} --token {token}"
+        while login not in "".join(log) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert login in "".join(log)
 
         account = None
         while time.monotonic() < deadline:
