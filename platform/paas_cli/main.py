@@ -150,7 +150,14 @@ def _read_line(prompt: str, hidden: bool = False) -> str:
 @click.group(cls=CliGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option("0.1.0", prog_name="paas")
 def cli() -> None:
-    """Manage apps on a paas platform."""
+    """Manage apps on a paas platform.
+
+    \b
+    Start with: paas login --server URL
+    App commands take --app/-a, else use the `paas` git remote of this repository.
+    Environment: PAAS_SERVER (the platform's URL), PAAS_TOKEN (a token to use instead of
+    the stored one), PAAS_APP (the app), XDG_CONFIG_HOME (where credentials are kept).
+    """
 
 
 @cli.command()
