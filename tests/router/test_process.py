@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -17,6 +19,7 @@ import redis
 
 from router.table import route_app_set
 from tests.router.app import App
+from tests.router.certs import write_cert
 from tests.router.helpers import DOMAIN, Client, free_port, get, run
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -140,6 +143,27 @@ async def test_it_finishes_requests_in_flight_on_sigterm_then_exits(redis_client
         assert await asyncio.wait_for(proc.wait(), 15) == 0
         with pytest.raises(OSError):
             await get(port)
+    await app.stop()
+
+
+@run
+async def test_it_terminates_tls_on_its_tls_port(redis_client: redis.Redis, redis_url: str, tmp_path: Path) -> None:
+    app = await App().start()
+    route_app_set(redis_client, "web1", [app.endpoint])
+    certs = tmp_path / "router" / "certs"
+    certs.mkdir(parents=True)
+    cert = write_cert(certs / f"web1.{DOMAIN}.pem", [f"web1.{DOMAIN}"])
+    tls_port = free_port()
+    async with router_process(redis_url, tmp_path, PAAS_ROUTER_TLS_BIND=f"127.0.0.1:{tls_port}") as (_, port):
+        await until_status(port, 200)
+        context = ssl.create_default_context(cafile=str(cert))
+        reader, writer = await asyncio.open_connection("127.0.0.1", tls_port, ssl=context,
+                                                       server_hostname=f"web1.{DOMAIN}")
+        client = Client(reader, writer)
+        response = await client.request()
+        client.close()
+        assert response.status == 200
+        assert ("X-Forwarded-Proto", "https") in [tuple(h) for h in json.loads(response.body)["headers"]]
     await app.stop()
 
 

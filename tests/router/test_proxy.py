@@ -158,6 +158,26 @@ async def test_it_retries_a_refused_connect_on_another_endpoint_and_sets_the_ref
 
 
 @run
+async def test_it_gives_up_on_a_connect_that_hangs_and_tries_another_endpoint() -> None:
+    app = await App().start()
+    # A listener whose accept queue is full: the kernel drops further SYNs, so connects hang.
+    stuck = socket.socket()
+    stuck.bind(("127.0.0.1", 0))
+    stuck.listen(0)
+    filler = socket.create_connection(stuck.getsockname())
+    try:
+        async with running_router(connect_timeout=0.3) as router:
+            router.set_app("web1", [f"127.0.0.1:{stuck.getsockname()[1]}", app.endpoint])
+            for _ in range(4):
+                assert (await get(router.port)).status == 200
+            assert f"127.0.0.1:{stuck.getsockname()[1]}" in router.worker.balancer.aside_until
+    finally:
+        filler.close()
+        stuck.close()
+        await app.stop()
+
+
+@run
 async def test_it_answers_502_when_every_endpoint_refuses() -> None:
     async with running_router() as router:
         router.set_app("web1", [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"])
