@@ -1,7 +1,7 @@
 """Container start: our runtime daemon vs runc and crun, side by side in one run.
 
 Each round starts `/bin/true` on the tiny busybox image and waits for it to exit, once with our
-daemon (create + start over its socket, exit seen on its event stream), once with `runc run`
+daemon (one `run` request over its socket, exit seen on its event stream), once with `runc run`
 and once with `crun run` on a bundle whose root is the same image layer, with the same
 namespaces (mount, PID, UTS, IPC, network, cgroup). Rounds alternate between the runtimes so a
 noisy machine slows all three alike. Then the same for our daemon with networking (a veth on a
@@ -112,8 +112,7 @@ class Ours:
         with self.lock:
             ev = self.exited.setdefault(spec["id"], threading.Event())
         t0 = time.perf_counter()
-        self.client.create(spec, self.image.layers, self.image.config)
-        self.client.start(spec["id"])
+        self.client.run(spec, self.image.layers, self.image.config)
         if not ev.wait(30):
             raise RuntimeError("a container did not exit")
         ms = (time.perf_counter() - t0) * 1000

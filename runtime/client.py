@@ -16,6 +16,7 @@ Operations and their results:
     ping                                        {"version": 1, "pid": int}
     create   spec, layers, image_config         container          (state "created")
     start    id                                 container          (state "running")
+    run      spec, layers, image_config         container          (create and start in one)
     stop     id, timeout_s=10                   container          (SIGTERM, SIGKILL after timeout)
     kill     id, signal="SIGKILL"               container
     remove   id, force=false                    {"removed": id}
@@ -30,10 +31,11 @@ Operations and their results:
 layer directories, bottom first; `image_config` the image's OCI config object (its `config` part:
 `Env`, `Cmd`, `Entrypoint`, `WorkingDir`, `User`). A container is a JSON object:
 
-    {"id", "state", "pid", "exit_code", "oom", "ip", "created_at", "started_at",
+    {"id", "state", "pid", "exit_code", "oom", "ip", "error", "created_at", "started_at",
      "finished_at", "spec"}
 
-with `state` one of `created`, `running`, `exited`, `oom`; times are seconds since the epoch.
+with `state` one of `created`, `running`, `exited`, `oom`, `failed` (it never started; `error`
+says why); times are seconds since the epoch.
 
 Streamed operations (`logs`, `events`) reply with one line per item, each `{"ok": true,
 "item": {...}}`, and a final `{"ok": true, "end": true}` unless they follow, in which case the
@@ -103,6 +105,22 @@ class DaemonClient:
         return self._call(  # type: ignore[no-any-return]
             {
                 "op": "create",
+                "spec": dict(spec),
+                "layers": [str(p) for p in layers],
+                "image_config": dict(image_config or {}),
+            }
+        )
+
+    def run(
+        self,
+        spec: Mapping[str, Any],
+        layers: list[str] | list[Path],
+        image_config: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Create and start a container in one request."""
+        return self._call(  # type: ignore[no-any-return]
+            {
+                "op": "run",
                 "spec": dict(spec),
                 "layers": [str(p) for p in layers],
                 "image_config": dict(image_config or {}),

@@ -74,6 +74,7 @@ class Plan:
         layers: Sequence[Path],
         cgroup_procs: Sequence[Path],
         log_max_bytes: int,
+        wait_for_go: bool = True,
     ) -> list[str]:
         """Return the argv of `paas-init run` for this plan."""
         args = [
@@ -87,6 +88,7 @@ class Plan:
             "--gid", str(self.gid),
             "--cwd", self.cwd,
             "--log-max", str(log_max_bytes),
+            "--wait", "go" if wait_for_go else "none",
         ]
         for layer in layers:
             args += ["--lower", str(layer)]

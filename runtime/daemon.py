@@ -280,7 +280,8 @@ class Runtime:
             raise OpError(f"cannot set up the container's cgroup: {exc}", "internal") from None
         paths.exit.unlink(missing_ok=True)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        args = p.init_args(self.init, paths, layers, cg.procs_files(), self.log_max_bytes)
+        attach = self.network is not None and spec.network.mode == "bridge"
+        args = p.init_args(self.init, paths, layers, cg.procs_files(), self.log_max_bytes, attach)
         try:
             outer = os.posix_spawn(
                 str(self.init),
@@ -297,14 +298,15 @@ class Runtime:
         finally:
             theirs.close()
         ours.setblocking(False)
+        lines = _Lines(ours)
         try:
-            first = await _readline(ours)
+            first = await lines.readline()
             os.waitpid(outer, 0)
             if not first.startswith("pid "):
                 raise OpError(self._init_failure(first, paths), "invalid")
             rec.pid = int(first.split()[1])
             rec.pid_start = process_start_time(rec.pid, self.proc)
-            if self.network is not None and spec.network.mode == "bridge":
+            if attach and self.network is not None:
                 try:
                     att = await asyncio.get_running_loop().run_in_executor(
                         self._net_pool, self.network.attach, spec.id, rec.pid, spec.network.nat
@@ -312,8 +314,8 @@ class Runtime:
                     rec.ip = str(getattr(att, "ip", "")) or None
                 except Exception as exc:
                     raise OpError(f"cannot attach the container to the network: {exc}", "internal") from None
-            await asyncio.get_running_loop().sock_sendall(ours, b"g")
-            second = await _readline(ours)
+                await asyncio.get_running_loop().sock_sendall(ours, b"g")
+            second = await lines.readline()
             if not second.startswith("ok "):
                 raise OpError(self._init_failure(second, paths), "invalid")
         except BaseException:
@@ -583,15 +585,22 @@ def _write_etc(etc: Path, cid: str) -> None:
     (etc / "resolv.conf").write_text("\n".join(kept) + "\n")
 
 
-async def _readline(sock: socket.socket, limit: int = 4096) -> str:
-    loop = asyncio.get_running_loop()
-    buf = b""
-    while not buf.endswith(b"\n") and len(buf) < limit:
-        chunk = await loop.sock_recv(sock, limit)
-        if not chunk:
-            break
-        buf += chunk
-    return buf.decode(errors="replace")
+class _Lines:
+    """Read lines from a non-blocking socket on the event loop, keeping what comes after one."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buf = b""
+
+    async def readline(self, limit: int = 4096) -> str:
+        loop = asyncio.get_running_loop()
+        while b"\n" not in self.buf and len(self.buf) < limit:
+            chunk = await loop.sock_recv(self.sock, limit)
+            if not chunk:
+                break
+            self.buf += chunk
+        line, sep, self.buf = self.buf.partition(b"\n")
+        return (line + sep).decode(errors="replace")
 
 
 # -- the socket server -------------------------------------------------------------------------
@@ -657,6 +666,7 @@ class Server:
             "ping": lambda: {"version": PROTOCOL_VERSION, "pid": os.getpid()},
             "create": lambda: rt.create(req.get("spec"), req.get("layers"), req.get("image_config", {})),
             "start": lambda: rt.start(req.get("id")),
+            "run": lambda: self._run(req),
             "stop": lambda: rt.stop(req.get("id"), req.get("timeout_s", DEFAULT_STOP_TIMEOUT_S)),
             "kill": lambda: rt.kill(req.get("id"), req.get("signal", "SIGKILL")),
             "remove": lambda: rt.remove(req.get("id"), req.get("force", False)),
@@ -671,6 +681,10 @@ class Server:
         if asyncio.iscoroutine(result):
             result = await result
         return result.public() if isinstance(result, Record) else result
+
+    async def _run(self, req: dict[str, Any]) -> Record:
+        rec = await self.runtime.create(req.get("spec"), req.get("layers"), req.get("image_config", {}))
+        return await self.runtime.start(rec.spec.id)
 
     async def _stream(
         self, op: str, req: dict[str, Any], reader: asyncio.StreamReader, writer: asyncio.StreamWriter

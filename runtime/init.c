@@ -11,7 +11,8 @@
  * cgroup and PID namespaces and forks the init, writes the init's pid ("pid N\n") to the sync
  * socket (fd 3) and exits; the daemon is a child subreaper, so the init becomes its child. The
  * init mounts the overlay root, /proc, /sys, /dev, pivots into it, masks /proc paths, then waits
- * for a "go" byte on the sync socket (the daemon plugs in networking meanwhile), forks the app
+ * for a "go" byte on the sync socket (the daemon plugs in networking meanwhile; `--wait none`
+ * skips this for a container without networking), forks the app
  * and answers "ok\n" once the app has exec'd or "error <message>\n". The app runs as an
  * unprivileged user with a cut bounding set, no_new_privs, every fd above 2 closed and a seccomp
  * filter. The init then reaps zombies, forwards signals to the app's process group, writes the
@@ -62,9 +63,10 @@ static struct {
     uid_t uid;
     gid_t gid;
     long log_max;
+    int wait_go;
     pid_t target;
     char **argv;
-} opt = {.uid = 1000, .gid = 1000, .cwd = "/", .log_max = 10L * 1024 * 1024};
+} opt = {.uid = 1000, .gid = 1000, .cwd = "/", .log_max = 10L * 1024 * 1024, .wait_go = 1};
 
 static int sync_fd = -1;
 
@@ -99,6 +101,7 @@ static void parse(int argc, char **argv) {
         else if (strcmp(a, "--uid") == 0) opt.uid = (uid_t)strtoul(v, NULL, 10);
         else if (strcmp(a, "--gid") == 0) opt.gid = (gid_t)strtoul(v, NULL, 10);
         else if (strcmp(a, "--log-max") == 0) opt.log_max = strtol(v, NULL, 10);
+        else if (strcmp(a, "--wait") == 0) opt.wait_go = strcmp(v, "go") == 0;
         else if (strcmp(a, "--pid") == 0) opt.target = (pid_t)strtol(v, NULL, 10);
         else if (strcmp(a, "--lower") == 0 && opt.nlowers < MAX_LIST) opt.lowers[opt.nlowers++] = v;
         else if (strcmp(a, "--cgroup") == 0 && opt.ncgroups < MAX_LIST) opt.cgroups[opt.ncgroups++] = v;
@@ -418,7 +421,7 @@ static void init_main(void) {
     loopback_up();
     build_root();
     char go;
-    if (read(sync_fd, &go, 1) != 1) _exit(125); /* the daemon gave up on us */
+    if (opt.wait_go && read(sync_fd, &go, 1) != 1) _exit(125); /* the daemon gave up on us */
     int out[2], err[2], ep[2];
     if (pipe2(out, O_CLOEXEC) < 0 || pipe2(err, O_CLOEXEC) < 0 || pipe2(ep, O_CLOEXEC) < 0) die("pipe: %m");
     sigset_t set;
