@@ -202,6 +202,13 @@ class _Build:
             (self.env_dir / name).write_text(value)
         req.cache_dir.mkdir(parents=True, exist_ok=True)
         with _locked(req.cache_dir):
+            owner = self.executor.owner
+            if owner is not None:
+                # The steps' user writes the app, its cache, HOME, TMPDIR and the buildpacks'
+                # copies (for `export`); ENV_DIR and the work dir itself stay the builder's.
+                for path in (self.app_dir, req.cache_dir, self.home, self.tmp, self.bp_dir):
+                    _chown_tree(path, owner)
+                self.env_dir.chmod(0o755)
             return self._run_locked()
 
     def _run_locked(self) -> BuildResult:
@@ -288,6 +295,12 @@ class _Build:
         )
 
     def _fetch(self, index: int, spec: str) -> Buildpack:
+        bp = self._fetch_copy(index, spec)
+        if self.executor.owner is not None:
+            _chown_tree(bp.path, self.executor.owner)
+        return bp
+
+    def _fetch_copy(self, index: int, spec: str) -> Buildpack:
         dest = self.bp_dir / f"{index:02d}"
         if spec in BUILTINS:
             shutil.copytree(BUILTIN_DIR / spec, dest, symlinks=True)
@@ -503,6 +516,14 @@ def parse_release(text: str, source: str) -> tuple[dict[str, str], dict[str, str
             values[name] = str(value)
         out.append(values)
     return out[0], out[1]
+
+
+def _chown_tree(root: Path, owner: tuple[int, int]) -> None:
+    uid, gid = owner
+    os.chown(root, uid, gid, follow_symlinks=False)
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            os.chown(os.path.join(dirpath, name), uid, gid, follow_symlinks=False)
 
 
 def _check_app_name(app: str) -> None:

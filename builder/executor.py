@@ -37,7 +37,13 @@ class StepTimeout(BuildError):
 
 
 class Executor(Protocol):
-    """Where build steps run."""
+    """Where build steps run.
+
+    `owner` is the uid:gid the steps run as, or None for the builder's own user; the runner
+    hands that owner the directories a step may write (the app, its cache, HOME, TMPDIR).
+    """
+
+    owner: tuple[int, int] | None
 
     def run(
         self,
@@ -89,9 +95,22 @@ class Limits:
 class HostExecutor:
     """Run build steps as child processes of this host (no isolation; see the module doc)."""
 
-    def __init__(self, limits: Limits | None = None, kill_grace: float = 2.0) -> None:
+    def __init__(
+        self,
+        limits: Limits | None = None,
+        kill_grace: float = 2.0,
+        owner: tuple[int, int] | None = None,
+    ) -> None:
+        """`owner` (uid, gid): run steps as that user, with no supplementary groups.
+
+        Switching user needs root; a build user cannot touch the builder's own files or the
+        config vars in ENV_DIR, and RLIMIT_NPROC applies to it.
+        """
+        if owner is not None and os.geteuid() != 0:
+            raise ValueError("running build steps as another user needs root")
         self.limits = limits or Limits()
         self.kill_grace = kill_grace
+        self.owner = owner
 
     def run(
         self,
@@ -105,6 +124,7 @@ class HostExecutor:
             raise ValueError("argv must not be empty")
         deadline = time.monotonic() + timeout
         limits = self.limits
+        uid, gid = self.owner if self.owner is not None else (None, None)
         try:
             proc = subprocess.Popen(
                 list(argv),
@@ -116,6 +136,9 @@ class HostExecutor:
                 start_new_session=True,
                 close_fds=True,
                 preexec_fn=limits.apply,
+                user=uid,
+                group=gid,
+                extra_groups=[] if self.owner is not None else None,
             )
         except OSError as e:
             raise BuildError(f"cannot run {argv[0]}: {e.strerror}") from None

@@ -2,9 +2,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import textwrap
 import time
 import urllib.error
@@ -151,3 +153,15 @@ def pid_gone(pid: int, wait: float = 10.0) -> bool:
             return True
         time.sleep(0.05)
     return False
+
+
+BUILD_USER = (65534, 65534)  # nobody:nogroup on Debian
+
+
+@pytest.fixture
+def open_tmp() -> Iterator[Path]:
+    """A scratch directory every user can traverse (pytest's own is private to root)."""
+    path = Path(tempfile.mkdtemp(prefix="paas-builder-test-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)

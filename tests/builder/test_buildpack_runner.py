@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -12,13 +13,9 @@ from builder.errors import BuildError, BuildTimeout, ProcfileError, SourceError
 from builder.executor import HostExecutor
 from builder.slug import launch_argv
 
-from .conftest import MakeBuildpack, Output, pid_gone
+from .conftest import BUILD_USER, MakeBuildpack, Output, pid_gone
 
 RequestFor = Callable[..., BuildRequest]
-
-
-def run_build(req: BuildRequest, output: Output) -> object:
-    return build(req, HostExecutor(kill_grace=1), output.append)
 
 
 def test_it_detects_with_the_first_built_in_that_accepts_the_app(
@@ -371,3 +368,27 @@ def test_it_summarises_the_build_as_json_ready_values(
     assert summary["release_command"] == "migrate"
     assert summary["config_vars"] == {"A": "b"}
     assert summary["slug"]["digest"] == result.slug.digest
+
+
+@pytest.mark.root
+def test_it_hands_the_build_user_only_the_directories_a_step_may_write(
+    app_source: Path, open_tmp: Path, make_buildpack: MakeBuildpack, output: Output
+) -> None:
+    bp = make_buildpack("asuser", compile="""
+        id -u > "$1/built-by"
+        echo cached > "$2/entry"
+        (echo x > "$3/SECRET") 2>/dev/null && echo "env: written" || echo "env: read-only"
+        (echo x > "$1/../stray") 2>/dev/null && echo "work: written" || echo "work: read-only"
+    """)
+    shutil.copytree(bp, open_tmp / "bp")
+    shutil.copytree(app_source, open_tmp / "src")
+    req = BuildRequest(
+        app="demo", source_dir=open_tmp / "src", work_dir=open_tmp / "work",
+        cache_dir=open_tmp / "cache", config={"SECRET": "s"}, buildpacks=[str(open_tmp / "bp")],
+        allow_local_buildpacks=True, timeout=60,
+    )
+    result = build(req, HostExecutor(owner=BUILD_USER), output.append)
+    assert (result.app_dir / "built-by").read_text() == f"{BUILD_USER[0]}\n"
+    assert (req.cache_dir / "entry").stat().st_uid == BUILD_USER[0]
+    assert "env: read-only" in output
+    assert "work: read-only" in output

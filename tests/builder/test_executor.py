@@ -9,7 +9,7 @@ import pytest
 from builder.errors import BuildError
 from builder.executor import HostExecutor, Limits, StepTimeout
 
-from .conftest import pid_gone
+from .conftest import BUILD_USER, pid_gone
 
 ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
 
@@ -113,3 +113,11 @@ def test_it_leaves_no_descriptor_open_in_the_builder(tmp_path: Path) -> None:
     for _ in range(5):
         run(["/bin/true"], tmp_path)
     assert len(os.listdir("/proc/self/fd")) == before
+
+
+@pytest.mark.root
+def test_it_runs_the_command_as_the_build_user_without_extra_groups(tmp_path: Path) -> None:
+    code, lines = run(["/usr/bin/id", "-u"], tmp_path, owner=BUILD_USER)
+    assert (code, lines) == (0, [str(BUILD_USER[0])])
+    _code, lines = run(["/usr/bin/id", "-G"], tmp_path, owner=BUILD_USER)
+    assert lines == [str(BUILD_USER[1])]
