@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import pty
+import select
 import shutil
 import signal
 import socket
@@ -176,7 +178,7 @@ def _unique(prefix: str) -> str:
 PEOPLE = {
     "alice": False, "bob": False, "carol": False, "dave": False, "owner": False,
     "stranger": False, "eve": False, "frank": False, "grace": False, "heidi": False,
-    "ivan": False, "judy": False, "kim": False, "root": True, "plain": False,
+    "ivan": False, "judy": False, "kim": False, "root": True, "plain": False, "lena": False,
 }
 
 
@@ -401,3 +403,51 @@ def test_it_lists_hosts_and_lets_only_staff_drain_them(
     assert f"Draining {name}" in out.stdout
     states = {h["name"]: h["state"] for h in admin.json("hosts")}  # type: ignore[union-attr]
     assert states[name] != "up"
+
+
+def _in_terminal(
+    argv: list[str], env: dict[str, str], answers: list[tuple[str, str]],
+) -> tuple[int, str]:
+    """Run a command on a pseudo-terminal, typing each answer once its prompt shows."""
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: exec at once, whatever happens
+        try:
+            os.execve(argv[0], argv, env)
+        finally:
+            os._exit(127)
+    out, pending = b"", list(answers)
+    deadline = time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline:
+            if select.select([fd], [], [], 0.2)[0]:
+                try:
+                    chunk = os.read(fd, 4096)
+                except OSError:  # EIO: the child closed the terminal
+                    break
+                if not chunk:
+                    break
+                out += chunk
+            if pending and out.rstrip().endswith(pending[0][0].encode()):
+                os.write(fd, pending.pop(0)[1].encode() + b"\r")
+    finally:
+        if time.monotonic() >= deadline:
+            os.kill(pid, signal.SIGKILL)
+        _, status = os.waitpid(pid, 0)
+        os.close(fd)
+    return os.waitstatus_to_exitcode(status), out.decode(errors="replace")
+
+
+def test_it_asks_for_the_password_on_a_terminal_without_echoing_it(
+    make_user: Callable[..., User], server: Server,
+) -> None:
+    lena: User = make_user("lena", login=False)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PAAS_")}
+    env.update({"HOME": str(lena.home), "XDG_CONFIG_HOME": str(lena.home / "config")})
+    code, screen = _in_terminal(
+        [PAAS, "login", "--server", server.url], env,
+        [("User name:", lena.name), ("Password:", PASSWORD)],
+    )
+    assert code == 0, screen
+    assert f"Logged in to {server.url} as {lena.name}." in screen
+    assert PASSWORD not in screen
+    assert (lena.home / "config" / "paas" / "credentials.json").exists()
