@@ -56,6 +56,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Errors under /api/ that escape the views become JSON too (see restapi.errors).
+    "restapi.errors.ApiJsonErrorsMiddleware",
 ]
 
 ROOT_URLCONF = "controlplane.urls"
@@ -105,8 +107,26 @@ CELERY_TASK_ALWAYS_EAGER = env_bool("PAAS_CELERY_EAGER", False)
 
 REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_AUTHENTICATION_CLASSES": ["restapi.auth.BearerTokenAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    # JSON only: no browsable HTML pages, no form parsing.
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "EXCEPTION_HANDLER": "restapi.errors.exception_handler",
+    "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }
+# A config PATCH may carry 500 values of 32 KiB; anything bigger is refused with 413.
+DATA_UPLOAD_MAX_MEMORY_SIZE = 20 * 1024 * 1024
 SPECTACULAR_SETTINGS = {
     "TITLE": "paas API",
     "VERSION": "1",
+    "DESCRIPTION": "The control plane's REST API; see docs/api.md.",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "ENUM_NAME_OVERRIDES": {
+        "HostStateEnum": "core.models.host.HostState",
+        "ContainerStateEnum": "core.models.container.ContainerState",
+        "BuildStatusEnum": "core.models.build.BuildStatus",
+        "ReleaseStatusEnum": "core.models.release.ReleaseStatus",
+        "RoleEnum": "core.models.membership.Role",
+    },
 }

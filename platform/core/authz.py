@@ -25,9 +25,9 @@ from core.errors import Forbidden, NotFound
 from core.models import App, Membership, Role, Team
 
 if TYPE_CHECKING:
-    from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+    from django.contrib.auth.models import AnonymousUser, User
 
-    Actor = AbstractBaseUser | AnonymousUser
+    Actor = User | AnonymousUser
 
 
 class Verb(enum.StrEnum):

@@ -9,10 +9,10 @@ from django.contrib.auth import get_user_model
 from core.errors import Invalid, invalid_field
 
 if TYPE_CHECKING:
-    from django.contrib.auth.models import AbstractBaseUser
+    from django.contrib.auth.models import User
 
 
-def user_find(identifier: object) -> AbstractBaseUser:
+def user_find(identifier: object) -> User:
     """The active user with this user name or e-mail address (for adding members)."""
     if not isinstance(identifier, str) or not identifier:
         raise invalid_field("username", "Give the user's name or e-mail address.")

@@ -18,7 +18,8 @@ from core.models import App, Host
 log = logging.getLogger(__name__)
 
 
-@celery_app.task(name="core.app_reconcile", ignore_result=True)
+# Celery ships without type hints, hence the ignores on its decorator.
+@celery_app.task(name="core.app_reconcile", ignore_result=True)  # type: ignore[untyped-decorator]
 def app_reconcile(*, app_id: int) -> None:
     """Record that an app's containers should be reconciled with its release and formation."""
     updated = App.objects.filter(pk=app_id).update(reconcile_requested_at=timezone.now())
@@ -26,13 +27,13 @@ def app_reconcile(*, app_id: int) -> None:
         log.info("reconcile requested for app id %s (no scheduler consumes it yet)", app_id)
 
 
-@celery_app.task(name="core.app_teardown", ignore_result=True)
+@celery_app.task(name="core.app_teardown", ignore_result=True)  # type: ignore[untyped-decorator]
 def app_teardown(*, app_name: str) -> None:
     """Record that a destroyed app's containers, routes and logs should be removed."""
     log.info("teardown requested for destroyed app %s (no scheduler consumes it yet)", app_name)
 
 
-@celery_app.task(name="core.host_reconcile", ignore_result=True)
+@celery_app.task(name="core.host_reconcile", ignore_result=True)  # type: ignore[untyped-decorator]
 def host_reconcile(*, host_id: int) -> None:
     """Record that a host's containers should be re-placed (it is draining or down)."""
     host = Host.objects.filter(pk=host_id).first()

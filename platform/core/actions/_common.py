@@ -11,7 +11,7 @@ from core.models import App, AuditEvent, Team
 
 if TYPE_CHECKING:
     from celery import Task
-    from django.contrib.auth.models import AbstractBaseUser
+    from django.contrib.auth.models import User
 
 log = logging.getLogger("core.actions")
 
@@ -22,7 +22,7 @@ _RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "i
 
 def audit(
     *,
-    actor: AbstractBaseUser | None,
+    actor: User | None,
     action: str,
     team: Team | None = None,
     app: App | None = None,

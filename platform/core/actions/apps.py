@@ -12,10 +12,10 @@ from core.errors import Conflict, Invalid
 from core.models import App, Team
 
 if TYPE_CHECKING:
-    from django.contrib.auth.models import AbstractBaseUser
+    from django.contrib.auth.models import User
 
 
-def app_create(*, actor: AbstractBaseUser, name: str, team: Team | None = None) -> App:
+def app_create(*, actor: User, name: str, team: Team | None = None) -> App:
     """Create an app in a team (default: the actor's personal team) with its first release v1."""
     validators.app_name(name)
     if team is None:
@@ -37,7 +37,7 @@ def app_create(*, actor: AbstractBaseUser, name: str, team: Team | None = None) 
     return app
 
 
-def app_destroy(*, actor: AbstractBaseUser, app: App) -> None:
+def app_destroy(*, actor: User, app: App) -> None:
     """Delete an app with its builds, releases, config, formation and domains."""
     from core import tasks
 

@@ -14,14 +14,14 @@ from core.errors import Conflict, Invalid, invalid_field
 from core.models import App, Build, BuildStatus, Release
 
 if TYPE_CHECKING:
-    from django.contrib.auth.models import AbstractBaseUser
+    from django.contrib.auth.models import User
 
 _COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 _DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 LOG_MAX_CHARS = 1_000_000
 
 
-def build_create(*, actor: AbstractBaseUser, app: App, commit: str) -> Build:
+def build_create(*, actor: User, app: App, commit: str) -> Build:
     """Record that a build of `commit` has started (a git push by someone allowed to deploy)."""
     if not isinstance(commit, str) or not _COMMIT_RE.match(commit):
         raise invalid_field("commit", "Commit must be a full 40-character lowercase hex SHA-1.")
@@ -35,7 +35,7 @@ def build_create(*, actor: AbstractBaseUser, app: App, commit: str) -> Build:
 
 def build_finish(
     *,
-    actor: AbstractBaseUser,
+    actor: User,
     build: Build,
     succeeded: bool,
     image_digest: str = "",

@@ -13,11 +13,11 @@ from core.errors import Invalid, TooLarge
 from core.models import App, ConfigVar, Release
 
 if TYPE_CHECKING:
-    from django.contrib.auth.models import AbstractBaseUser
+    from django.contrib.auth.models import User
 
 
 def _change(
-    *, actor: AbstractBaseUser, app: App, values: Mapping[str, object], action: str
+    *, actor: User, app: App, values: Mapping[str, object], action: str
 ) -> Release:
     if not isinstance(values, Mapping) or not values:
         raise Invalid("Give at least one config key to set or unset.")
@@ -74,12 +74,12 @@ def _change(
 
 
 def config_set(
-    *, actor: AbstractBaseUser, app: App, values: Mapping[str, str | None]
+    *, actor: User, app: App, values: Mapping[str, str | None]
 ) -> Release:
     """Set config values (a None value unsets that key) and make a new release."""
     return _change(actor=actor, app=app, values=values, action="config.set")
 
 
-def config_unset(*, actor: AbstractBaseUser, app: App, keys: Iterable[str]) -> Release:
+def config_unset(*, actor: User, app: App, keys: Iterable[str]) -> Release:
     """Unset config keys (absent keys are ignored) and make a new release."""
     return _change(actor=actor, app=app, values=dict.fromkeys(keys), action="config.unset")

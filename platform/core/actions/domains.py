@@ -12,10 +12,10 @@ from core.errors import Conflict, NotFound, invalid_field
 from core.models import App, Domain
 
 if TYPE_CHECKING:
-    from django.contrib.auth.models import AbstractBaseUser
+    from django.contrib.auth.models import User
 
 
-def domain_add(*, actor: AbstractBaseUser, app: App, hostname: str) -> Domain:
+def domain_add(*, actor: User, app: App, hostname: str) -> Domain:
     """Route a custom hostname to the app."""
     from core import tasks
 
@@ -40,7 +40,7 @@ def domain_add(*, actor: AbstractBaseUser, app: App, hostname: str) -> Domain:
     return domain
 
 
-def domain_remove(*, actor: AbstractBaseUser, app: App, hostname: str) -> None:
+def domain_remove(*, actor: User, app: App, hostname: str) -> None:
     """Stop routing a custom hostname to the app."""
     from core import tasks
 

@@ -12,13 +12,13 @@ from core.errors import invalid_field
 from core.models import App, Formation
 
 if TYPE_CHECKING:
-    from django.contrib.auth.models import AbstractBaseUser
+    from django.contrib.auth.models import User
 
 _ALLOWED_KEYS = {"type", "quantity", "size"}
 
 
 def formation_scale(
-    *, actor: AbstractBaseUser, app: App, updates: Sequence[Mapping[str, object]]
+    *, actor: User, app: App, updates: Sequence[Mapping[str, object]]
 ) -> list[Formation]:
     """Change quantity and/or size of process types; all updates apply or none does."""
     from core import tasks

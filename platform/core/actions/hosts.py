@@ -12,14 +12,14 @@ from core.models import Host, HostState
 from core.models.api_token import token_digest
 
 if TYPE_CHECKING:
-    from django.contrib.auth.models import AbstractBaseUser
+    from django.contrib.auth.models import User
 
 HOST_TOKEN_PREFIX = "paashost_"
 
 
 def host_register(
     *,
-    actor: AbstractBaseUser,
+    actor: User,
     name: str,
     address: str,
     memory_mb: int,
@@ -49,7 +49,7 @@ def host_register(
     return host, token
 
 
-def host_drain(*, actor: AbstractBaseUser, host: Host) -> Host:
+def host_drain(*, actor: User, host: Host) -> Host:
     """Stop placing containers on a host and ask for its containers to move elsewhere."""
     from core import tasks
 

@@ -12,7 +12,7 @@ from core.errors import Invalid, NotFound
 from core.models import App, Build, ConfigVar, Formation, Release, ReleaseStatus
 
 if TYPE_CHECKING:
-    from django.contrib.auth.models import AbstractBaseUser
+    from django.contrib.auth.models import User
 
 
 def _formation_sync(app: App, process_types: dict[str, str]) -> None:
@@ -28,7 +28,7 @@ def _formation_sync(app: App, process_types: dict[str, str]) -> None:
 
 def release_create(
     *,
-    actor: AbstractBaseUser | None,
+    actor: User | None,
     app: App,
     build: Build | None,
     config: dict[str, str],
@@ -77,7 +77,7 @@ def release_get(app: App, version: object) -> Release:
 
 
 def release_rollback(
-    *, actor: AbstractBaseUser, app: App, version: object = None
+    *, actor: User, app: App, version: object = None
 ) -> Release:
     """Make a new release with an earlier release's build and config (default: the one before)."""
     with transaction.atomic():

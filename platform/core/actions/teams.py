@@ -12,10 +12,10 @@ from core.errors import Conflict, NotFound, invalid_field
 from core.models import Membership, Role, Team
 
 if TYPE_CHECKING:
-    from django.contrib.auth.models import AbstractBaseUser
+    from django.contrib.auth.models import User
 
 
-def team_create(*, actor: AbstractBaseUser, name: str) -> Team:
+def team_create(*, actor: User, name: str) -> Team:
     """Create a team; the actor becomes its owner."""
     validators.team_name(name)
     if not actor.is_authenticated:
@@ -38,7 +38,7 @@ def team_create(*, actor: AbstractBaseUser, name: str) -> Team:
     return team
 
 
-def team_destroy(*, actor: AbstractBaseUser, team: Team) -> None:
+def team_destroy(*, actor: User, team: Team) -> None:
     """Delete a team that has no apps (owners only; a personal team stays)."""
     with transaction.atomic():
         team = lock_team(team)
@@ -54,7 +54,7 @@ def team_destroy(*, actor: AbstractBaseUser, team: Team) -> None:
 
 def _role(value: object) -> Role:
     try:
-        return Role(value)
+        return Role(str(value))
     except ValueError:
         raise invalid_field(
             "role", "Role must be one of owner, admin, member, viewer."
@@ -66,7 +66,7 @@ def _owner_count(team: Team) -> int:
 
 
 def member_add(
-    *, actor: AbstractBaseUser, team: Team, user: AbstractBaseUser, role: str
+    *, actor: User, team: Team, user: User, role: str
 ) -> Membership:
     """Add a user to a team with a role (admins add non-owners; owners add anyone)."""
     new = _role(role)
@@ -82,14 +82,14 @@ def member_add(
     return membership
 
 
-def _membership(team: Team, user: AbstractBaseUser) -> Membership:
+def _membership(team: Team, user: User) -> Membership:
     membership = Membership.objects.filter(team=team, user_id=user.pk).first()
     if membership is None:
         raise NotFound(f"'{user.get_username()}' is not a member of '{team.name}'.")
     return membership
 
 
-def member_remove(*, actor: AbstractBaseUser, team: Team, user: AbstractBaseUser) -> None:
+def member_remove(*, actor: User, team: Team, user: User) -> None:
     """Remove a user from a team; a team always keeps at least one owner."""
     with transaction.atomic():
         team = lock_team(team)
@@ -105,7 +105,7 @@ def member_remove(*, actor: AbstractBaseUser, team: Team, user: AbstractBaseUser
 
 
 def member_role_set(
-    *, actor: AbstractBaseUser, team: Team, user: AbstractBaseUser, role: str
+    *, actor: User, team: Team, user: User, role: str
 ) -> Membership:
     """Change a member's role (to or from owner: owners only; the last owner stays owner)."""
     new = _role(role)

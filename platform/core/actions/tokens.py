@@ -11,10 +11,10 @@ from core.models import ApiToken
 from core.models.api_token import new_token, token_digest
 
 if TYPE_CHECKING:
-    from django.contrib.auth.models import AbstractBaseUser
+    from django.contrib.auth.models import User
 
 
-def token_create(*, actor: AbstractBaseUser, description: str = "") -> tuple[ApiToken, str]:
+def token_create(*, actor: User, description: str = "") -> tuple[ApiToken, str]:
     """Make an API token for the actor. Return the row and the token, which is never shown again."""
     if not isinstance(description, str) or len(description) > 200:
         raise invalid_field("description", "Description must be text of at most 200 characters.")
@@ -30,7 +30,7 @@ def token_create(*, actor: AbstractBaseUser, description: str = "") -> tuple[Api
     return row, token
 
 
-def token_revoke(*, actor: AbstractBaseUser, token: ApiToken) -> None:
+def token_revoke(*, actor: User, token: ApiToken) -> None:
     """Revoke one of the actor's own tokens; it stops working at once."""
     with transaction.atomic():
         updated = ApiToken.objects.filter(

@@ -14,17 +14,17 @@ from core.errors import Conflict, Invalid, invalid_field
 from core.models import Membership, Role, Team
 
 if TYPE_CHECKING:
-    from django.contrib.auth.models import AbstractBaseUser, AbstractUser
+    from django.contrib.auth.models import User
 
 
 def user_create(
     *,
-    actor: AbstractBaseUser | None,
+    actor: User | None,
     username: str,
     email: str = "",
     password: str | None = None,
     is_staff: bool = False,
-) -> AbstractUser:
+) -> User:
     """Create a user and their personal team (named after them, which they own).
 
     `actor=None` is the platform itself (bootstrap, management commands); otherwise a staff user.
@@ -38,16 +38,16 @@ def user_create(
             validate_email(email)
         except ValidationError:
             raise invalid_field("email", f"'{email}' is not an e-mail address.") from None
-    User = get_user_model()
+    user_model = get_user_model()
     if password is not None:
         try:
-            validate_password(password, User(username=username, email=email))
+            validate_password(password, user_model(username=username, email=email))
         except ValidationError as exc:
             raise Invalid(" ".join(exc.messages), fields={"password": exc.messages}) from None
     with transaction.atomic():
-        if User.objects.filter(username=username).exists() or Team.objects.filter(name=username).exists():
+        if user_model.objects.filter(username=username).exists() or Team.objects.filter(name=username).exists():
             raise Conflict(f"The name '{username}' is taken.", fields={"username": ["Taken."]})
-        user = User.objects.create_user(username=username, email=email, password=password)
+        user = user_model.objects.create_user(username=username, email=email, password=password)
         if is_staff:
             user.is_staff = True
             user.save(update_fields=["is_staff"])
@@ -55,4 +55,4 @@ def user_create(
         Membership.objects.create(team=team, user=user, role=Role.OWNER)
         audit(actor=actor, action="user.create", team=team,
               data={"username": username, "is_staff": is_staff})
-    return user  # type: ignore[return-value]
+    return user
