@@ -136,13 +136,16 @@ async def flush_forever(client: aioredis.Redis[Any], recorder: Recorder, interva
 
 
 async def flush(client: aioredis.Redis[Any], recorder: Recorder) -> None:
-    if not recorder.pending():
-        return
-    commands = recorder.take()
-    try:
-        async with client.pipeline(transaction=False) as pipe:
-            for command in commands:
-                pipe.execute_command(*command)
-            await pipe.execute()
-    except (RedisError, OSError) as error:
-        log.warning("at=error code=metrics_lost commands=%d error=%r", len(commands), str(error))
+    """Send everything recorded, a slice at a time; on a Redis error drop the rest too."""
+    while recorder.pending():
+        commands = recorder.take()
+        try:
+            async with client.pipeline(transaction=False) as pipe:
+                for command in commands:
+                    pipe.execute_command(*command)
+                await pipe.execute()
+        except (RedisError, OSError) as error:
+            lost = len(recorder.lines)
+            recorder.take(max_lines=lost)
+            log.warning("at=error code=metrics_lost commands=%d lines=%d error=%r", len(commands), lost, str(error))
+            return

@@ -28,12 +28,16 @@ BUCKET_FIELDS = (*tuple(f"latency_ms_le_{b}" for b in BUCKETS), "latency_ms_le_i
 STATUS_FIELDS = ("status_1xx", "status_1xx", "status_2xx", "status_3xx", "status_4xx", "status_5xx")
 MINUTE_TTL = 24 * 3600
 
-# KEYS[1]: the app's log stream; ARGV[1]: the cap; then (time, line) pairs.
-XADD_MANY = """
-for i = 2, #ARGV, 2 do
-  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'time', ARGV[i], 'tag', 'router', 'line', ARGV[i + 1])
+# KEYS[1]: the app's log stream; ARGV[1]: the cap; ARGV[2]: "time<TAB>line" entries, one a
+# line. One argument for the whole batch: encoding thousands of arguments in the client would
+# stall the worker's event loop for longer than the requests it serves.
+XADD_LINES = """
+local n = 0
+for t, line in string.gmatch(ARGV[2], "([^\\t\\n]*)\\t([^\\n]*)") do
+  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'time', t, 'tag', 'router', 'line', line)
+  n = n + 1
 end
-return (#ARGV - 1) / 2
+return n
 """
 
 
@@ -91,10 +95,15 @@ class Recorder:
         else:  # Redis has been away a long time: keep memory bounded, count what we lost
             self.dropped_lines += 1
 
-    def take(self) -> list[Command]:
-        """Hand over everything recorded so far as Redis commands, and start afresh."""
-        stats, lines = self.stats, self.lines
-        self.stats, self.lines = {}, []
+    def take(self, max_lines: int = 500) -> list[Command]:
+        """Hand over the counters and up to `max_lines` log lines as Redis commands.
+
+        The flush loop calls this until `pending()` is false, letting requests through between
+        slices, so a busy second never turns into one long pause.
+        """
+        stats, lines = self.stats, self.lines[:max_lines]
+        self.stats = {}
+        del self.lines[:max_lines]
         minute = int(self.clock() // 60)
         commands: list[Command] = []
         for app, app_stats in stats.items():
@@ -103,17 +112,16 @@ class Recorder:
                 commands.append(("HINCRBY", total, name, amount))
                 commands.append(("HINCRBY", per_minute, name, amount))
             commands.append(("EXPIRE", per_minute, MINUTE_TTL))
-        # One script call per app and flush rather than one XADD command per request: building
+        # One script call per app and slice rather than one XADD command per request: building
         # thousands of commands in the client costs more than the requests they describe.
         per_app: dict[str, list[str]] = {}
         for app, when, line in lines:
-            args = per_app.get(app)
-            if args is None:
-                args = per_app[app] = [str(self.log_maxlen)]
-            args.append(f"{when:.6f}")
-            args.append(str(line))
-        for app, args in per_app.items():
-            commands.append(("EVAL", XADD_MANY, 1, logs_key(app), *args))
+            entries = per_app.get(app)
+            if entries is None:
+                entries = per_app[app] = []
+            entries.append(f"{when:.6f}\t{str(line).replace(chr(10), ' ')}")
+        for app, entries in per_app.items():
+            commands.append(("EVAL", XADD_LINES, 1, logs_key(app), self.log_maxlen, "\n".join(entries)))
         return commands
 
     def pending(self) -> bool:

@@ -33,7 +33,21 @@ def test_it_batches_one_log_command_per_app_and_flush() -> None:
     commands = recorder.take()
     evals = [c for c in commands if c[0] == "EVAL"]
     assert len(evals) == 1 and evals[0][3] == "paas:logs:web1"
+    assert len(evals[0]) == 6  # the whole batch travels as one argument
     assert not recorder.pending() and recorder.take() == []
+
+
+def test_it_hands_over_log_lines_in_slices() -> None:
+    recorder = Recorder(clock=lambda: 600.0)
+    for i in range(25):
+        recorder.record("web1", 200, 1.0, 0, 0, f"line {i}")
+    first = recorder.take(max_lines=10)
+    assert any(c[0] == "HINCRBY" for c in first)
+    assert recorder.pending() and len(recorder.lines) == 15
+    second = recorder.take(max_lines=10)
+    assert all(c[0] == "EVAL" for c in second)
+    recorder.take(max_lines=10)
+    assert not recorder.pending()
 
 
 def test_it_keeps_memory_bounded_when_lines_cannot_be_written() -> None:
@@ -47,7 +61,7 @@ def test_it_keeps_memory_bounded_when_lines_cannot_be_written() -> None:
 def test_it_writes_counters_and_a_capped_log_stream_to_redis(redis_client: redis.Redis) -> None:
     recorder = Recorder(log_maxlen=1000, clock=lambda: 6000.0)
     for i in range(3):
-        recorder.record("web1", 200, 2.0, 5, 7, f"at=info status=200 n={i}")
+        recorder.record("web1", 200, 2.0, 5, 7, f'at=info status=200 path="/a b\tc" n={i}')
     pipe = redis_client.pipeline(transaction=False)
     for command in recorder.take():
         pipe.execute_command(*command)
@@ -57,5 +71,5 @@ def test_it_writes_counters_and_a_capped_log_stream_to_redis(redis_client: redis
     assert redis_client.hget("paas:metrics:router:web1:100", "requests") == b"3"
     assert 0 < redis_client.ttl("paas:metrics:router:web1:100") <= 24 * 3600
     entries = redis_client.xrange("paas:logs:web1")
-    assert [e[1][b"line"] for e in entries] == [b"at=info status=200 n=0", b"at=info status=200 n=1", b"at=info status=200 n=2"]
+    assert [e[1][b"line"] for e in entries] == [f'at=info status=200 path="/a b\tc" n={i}'.encode() for i in range(3)]
     assert entries[0][1][b"tag"] == b"router" and entries[0][1][b"time"] == b"6000.000000"
