@@ -412,3 +412,8 @@ def test_it_serves_the_openapi_schema_with_every_endpoint() -> None:
     for path in ("/api/v1/apps/{app}/formation/", "/api/v1/auth/login/", "/api/v1/hosts/{name}/drain/"):
         assert path in paths
     assert response.json()["components"]["securitySchemes"]["bearerToken"]["scheme"] == "bearer"
+
+
+def test_it_serves_the_interactive_api_docs_page() -> None:
+    response = APIClient().get("/api/v1/docs/")
+    assert response.status_code == 200 and b"/api/v1/schema/" in response.content
