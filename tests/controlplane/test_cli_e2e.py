@@ -23,6 +23,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -163,7 +164,7 @@ class User:
             assert result.stderr.startswith("paas: ") or "\npaas: " in result.stderr
         return result
 
-    def json(self, *args: str, cwd: Path | None = None) -> object:
+    def json(self, *args: str, cwd: Path | None = None) -> Any:
         return json.loads(self.paas(*args, "--json", cwd=cwd).stdout)
 
     def login(self) -> None:
@@ -354,9 +355,9 @@ def test_it_manages_teams_and_members(make_user: Callable[..., User]) -> None:
     judy: User = make_user("judy")
     team = _unique("team")
     ivan.paas("teams:create", team)
-    assert team in [t["name"] for t in ivan.json("teams")]  # type: ignore[union-attr]
+    assert team in [t["name"] for t in ivan.json("teams")]
     ivan.paas("members:add", judy.name, "--team", team, "--role", "viewer")
-    roles = {m["username"]: m["role"] for m in ivan.json("members", "-t", team)}  # type: ignore[union-attr]
+    roles = {m["username"]: m["role"] for m in ivan.json("members", "-t", team)}
     assert roles == {ivan.name: "owner", judy.name: "viewer"}
     app = _unique("teamapp")
     ivan.paas("create", app, "--team", team)
@@ -401,7 +402,7 @@ def test_it_lists_hosts_and_lets_only_staff_drain_them(
     user.paas("hosts:drain", name, ok=False)
     out = admin.paas("hosts:drain", name)
     assert f"Draining {name}" in out.stdout
-    states = {h["name"]: h["state"] for h in admin.json("hosts")}  # type: ignore[union-attr]
+    states = {h["name"]: h["state"] for h in admin.json("hosts")}
     assert states[name] != "up"
 
 

@@ -43,13 +43,22 @@ def assert_one_clear_line(result: subprocess.CompletedProcess[str], *fragments: 
         assert fragment in result.stderr
 
 
+class CannedServer(ThreadingHTTPServer):
+    """Answers every request with `answer` (status, content type, body); keeps `requests`."""
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), Canned)
+        self.answer: tuple[int, str, str] = (200, "application/json", "[]")
+        self.requests: list[tuple[str, str, str | None]] = []
+
+
 class Canned(BaseHTTPRequestHandler):
-    """Answers every request with the status, content type and body set on the server."""
+    server: CannedServer
 
     def _answer(self) -> None:
         server = self.server
-        status, ctype, body = server.answer  # type: ignore[attr-defined]
-        server.requests.append((self.command, self.path, self.headers.get("Authorization")))  # type: ignore[attr-defined]
+        status, ctype, body = server.answer
+        server.requests.append((self.command, self.path, self.headers.get("Authorization")))
         data = body.encode()
         self.send_response(status)
         self.send_header("Content-Type", ctype)
@@ -64,10 +73,8 @@ class Canned(BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def canned() -> Iterator[ThreadingHTTPServer]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Canned)
-    server.answer = (200, "application/json", "[]")  # type: ignore[attr-defined]
-    server.requests = []  # type: ignore[attr-defined]
+def canned() -> Iterator[CannedServer]:
+    server = CannedServer()
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -78,9 +85,13 @@ def canned() -> Iterator[ThreadingHTTPServer]:
         thread.join()
 
 
-def url_of(server: ThreadingHTTPServer) -> str:
+def url_of(server: CannedServer) -> str:
     host, port = server.server_address[:2]
     return f"http://{host!s}:{port}"
+
+
+def token_env(server: CannedServer) -> dict[str, str]:
+    return {"PAAS_TOKEN": "paas_x", "PAAS_SERVER": url_of(server)}
 
 
 def closed_port() -> int:
@@ -102,93 +113,93 @@ def test_it_says_the_server_is_down_when_nothing_listens(tmp_path: Path) -> None
     assert not (tmp_path / "config" / "paas" / "credentials.json").exists()
 
 
-def test_it_explains_an_html_gateway_error(tmp_path: Path, canned: ThreadingHTTPServer) -> None:
-    canned.answer = (502, "text/html", "<html><body>Bad Gateway</body></html>")  # type: ignore[attr-defined]
-    result = run_paas(tmp_path, "apps", env={"PAAS_TOKEN": "paas_x", "PAAS_SERVER": url_of(canned)})
+def test_it_explains_an_html_gateway_error(tmp_path: Path, canned: CannedServer) -> None:
+    canned.answer = (502, "text/html", "<html><body>Bad Gateway</body></html>")
+    result = run_paas(tmp_path, "apps", env=token_env(canned))
     assert_one_clear_line(result, "failed (502 Bad Gateway)")
 
 
-def test_it_explains_an_answer_that_is_not_json(tmp_path: Path, canned: ThreadingHTTPServer) -> None:
-    canned.answer = (200, "text/html", "<html>a web page</html>")  # type: ignore[attr-defined]
-    result = run_paas(tmp_path, "apps", env={"PAAS_TOKEN": "paas_x", "PAAS_SERVER": url_of(canned)})
+def test_it_explains_an_answer_that_is_not_json(tmp_path: Path, canned: CannedServer) -> None:
+    canned.answer = (200, "text/html", "<html>a web page</html>")
+    result = run_paas(tmp_path, "apps", env=token_env(canned))
     assert_one_clear_line(result, "not JSON", "is this URL a paas server?")
 
 
 def test_it_prints_the_apis_message_and_field_problems(
-    tmp_path: Path, canned: ThreadingHTTPServer,
+    tmp_path: Path, canned: CannedServer,
 ) -> None:
     error = {"error": {"code": "invalid", "message": "App name is not valid.",
                        "fields": {"name": ["Use 3 to 30 lowercase letters."]}}}
-    canned.answer = (400, "application/json", json.dumps(error))  # type: ignore[attr-defined]
+    canned.answer = (400, "application/json", json.dumps(error))
     result = run_paas(tmp_path, "apps:create", "Bad_Name", "--no-remote",
-                      env={"PAAS_TOKEN": "paas_x", "PAAS_SERVER": url_of(canned)})
+                      env=token_env(canned))
     assert_one_clear_line(result, "paas: App name is not valid.", "name: Use 3 to 30 lowercase")
-    method, path, auth = canned.requests[0]  # type: ignore[attr-defined]
+    method, path, auth = canned.requests[0]
     assert (method, path, auth) == ("POST", "/api/v1/apps", "Bearer paas_x")
 
 
-def test_it_asks_for_a_new_login_on_401(tmp_path: Path, canned: ThreadingHTTPServer) -> None:
+def test_it_asks_for_a_new_login_on_401(tmp_path: Path, canned: CannedServer) -> None:
     error = {"error": {"code": "unauthenticated", "message": "The token is not valid."}}
-    canned.answer = (401, "application/json", json.dumps(error))  # type: ignore[attr-defined]
-    result = run_paas(tmp_path, "teams", env={"PAAS_TOKEN": "paas_x", "PAAS_SERVER": url_of(canned)})
+    canned.answer = (401, "application/json", json.dumps(error))
+    result = run_paas(tmp_path, "teams", env=token_env(canned))
     assert_one_clear_line(result, "The token is not valid.", "paas login")
 
 
 def test_it_refuses_to_send_a_stored_token_to_another_server(
-    tmp_path: Path, canned: ThreadingHTTPServer,
+    tmp_path: Path, canned: CannedServer,
 ) -> None:
     creds = tmp_path / "config" / "paas" / "credentials.json"
     creds.parent.mkdir(parents=True)
     creds.write_text(json.dumps({"server": "http://127.0.0.1:1", "token": "paas_secret"}))
     result = run_paas(tmp_path, "apps", env={"PAAS_SERVER": url_of(canned)})
     assert_one_clear_line(result, "logged in to http://127.0.0.1:1")
-    assert canned.requests == []  # type: ignore[attr-defined]
+    assert canned.requests == []
 
 
-def test_it_needs_an_app_outside_a_repository(tmp_path: Path, canned: ThreadingHTTPServer) -> None:
-    result = run_paas(tmp_path, "config", env={"PAAS_TOKEN": "paas_x", "PAAS_SERVER": url_of(canned)})
+def test_it_needs_an_app_outside_a_repository(tmp_path: Path, canned: CannedServer) -> None:
+    result = run_paas(tmp_path, "config", env=token_env(canned))
     assert_one_clear_line(result, "No app given", "--app")
-    assert canned.requests == []  # type: ignore[attr-defined]
+    assert canned.requests == []
 
 
-def test_it_takes_the_app_from_the_paas_remote(tmp_path: Path, canned: ThreadingHTTPServer) -> None:
+def test_it_takes_the_app_from_the_paas_remote(tmp_path: Path, canned: CannedServer) -> None:
     repo = tmp_path / "repo"
     repo.mkdir()
     subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
     subprocess.run(["git", "remote", "add", "paas", f"{url_of(canned)}/git/demo.git"],
                    cwd=repo, check=True)
-    canned.answer = (200, "application/json", json.dumps({"A": "1"}))  # type: ignore[attr-defined]
+    canned.answer = (200, "application/json", json.dumps({"A": "1"}))
     result = run_paas(tmp_path, "config:get", "A", cwd=repo,
-                      env={"PAAS_TOKEN": "paas_x", "PAAS_SERVER": url_of(canned)})
+                      env=token_env(canned))
     assert result.returncode == 0, result.stderr
     assert result.stdout == "1\n"
-    assert canned.requests[0][:2] == ("GET", "/api/v1/apps/demo/config")  # type: ignore[attr-defined]
+    assert canned.requests[0][:2] == ("GET", "/api/v1/apps/demo/config")
 
 
 def test_it_refuses_a_malformed_pair_before_sending_anything(
-    tmp_path: Path, canned: ThreadingHTTPServer,
+    tmp_path: Path, canned: CannedServer,
 ) -> None:
     result = run_paas(tmp_path, "config:set", "A=1", "oops", "-a", "demo",
-                      env={"PAAS_TOKEN": "paas_x", "PAAS_SERVER": url_of(canned)})
+                      env=token_env(canned))
     assert_one_clear_line(result, "'oops' is not KEY=VALUE")
-    assert canned.requests == []  # type: ignore[attr-defined]
+    assert canned.requests == []
 
 
-def test_it_quotes_user_input_in_paths(tmp_path: Path, canned: ThreadingHTTPServer) -> None:
-    canned.answer = (204, "application/json", "")  # type: ignore[attr-defined]
+def test_it_quotes_user_input_in_paths(tmp_path: Path, canned: CannedServer) -> None:
+    canned.answer = (204, "application/json", "")
     result = run_paas(tmp_path, "domains:remove", "../../hosts", "-a", "demo",
-                      env={"PAAS_TOKEN": "paas_x", "PAAS_SERVER": url_of(canned)})
+                      env=token_env(canned))
     assert result.returncode == 0, result.stderr
-    assert canned.requests[0][:2] == (  # type: ignore[attr-defined]
+    assert canned.requests[0][:2] == (
         "DELETE", "/api/v1/apps/demo/domains/..%2F..%2Fhosts")
 
 
 def test_it_refuses_a_destroy_whose_confirmation_does_not_match(
-    tmp_path: Path, canned: ThreadingHTTPServer,
+    tmp_path: Path, canned: CannedServer,
 ) -> None:
-    env = {"PAAS_TOKEN": "paas_x", "PAAS_SERVER": url_of(canned)}
+    env = token_env(canned)
     result = run_paas(tmp_path, "destroy", "-a", "demo", stdin="dmeo\n", env=env)
     assert_one_clear_line(result, "does not match", "nothing destroyed")
     result = run_paas(tmp_path, "apps:destroy", "-a", "demo", "--confirm", "other", env=env)
     assert_one_clear_line(result, "does not match")
-    assert canned.requests == []  # type: ignore[attr-defined]
+    assert canned.requests == []

@@ -32,7 +32,8 @@ def test_it_stores_credentials_under_xdg_config_home_readable_by_the_owner_only(
 def test_it_falls_back_to_dot_config_in_home(tmp_path: Path) -> None:
     for xdg in ("", "relative/dir"):
         env = {"XDG_CONFIG_HOME": xdg, "HOME": str(tmp_path)}
-        assert credentials.credentials_path(env) == tmp_path / ".config" / "paas" / "credentials.json"
+        expected = tmp_path / ".config" / "paas" / "credentials.json"
+        assert credentials.credentials_path(env) == expected
 
 
 def test_it_tightens_the_mode_of_an_existing_file(tmp_path: Path) -> None:

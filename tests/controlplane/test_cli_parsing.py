@@ -65,7 +65,8 @@ def test_it_parses_scale_quantities_and_sizes() -> None:
 def test_it_sends_only_what_was_given_when_scaling() -> None:
     assert ScaleUpdate("web", 2).as_api() == {"type": "web", "quantity": 2}
     assert ScaleUpdate("web", None, "1G").as_api() == {"type": "web", "size": "1G"}
-    assert ScaleUpdate("web", 0, "basic").as_api() == {"type": "web", "quantity": 0, "size": "basic"}
+    both = {"type": "web", "quantity": 0, "size": "basic"}
+    assert ScaleUpdate("web", 0, "basic").as_api() == both
 
 
 @pytest.mark.parametrize(
