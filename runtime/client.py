@@ -16,7 +16,8 @@ Operations and their results:
     ping                                        {"version": 1, "pid": int}
     create   spec, layers, image_config         container          (state "created")
     start    id                                 container          (state "running")
-    run      spec, layers, image_config         container          (create and start in one)
+    run      spec, layers, image_config,        container          (create and start in one;
+             wait=false                                            with wait, reply at its exit)
     stop     id, timeout_s=10                   container          (SIGTERM, SIGKILL after timeout)
     kill     id, signal="SIGKILL"               container
     remove   id, force=false                    {"removed": id}
@@ -51,7 +52,7 @@ import os
 import socket
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 PROTOCOL_VERSION = 1
 
@@ -116,15 +117,18 @@ class DaemonClient:
         spec: Mapping[str, Any],
         layers: list[str] | list[Path],
         image_config: Mapping[str, Any] | None = None,
+        wait: bool = False,
     ) -> dict[str, Any]:
-        """Create and start a container in one request."""
+        """Create and start a container in one request; with `wait`, return once it has ended."""
         return self._call(  # type: ignore[no-any-return]
             {
                 "op": "run",
                 "spec": dict(spec),
                 "layers": [str(p) for p in layers],
                 "image_config": dict(image_config or {}),
-            }
+                "wait": wait,
+            },
+            timeout=None if wait else self.timeout,
         )
 
     def start(self, container_id: str) -> dict[str, Any]:
@@ -198,8 +202,10 @@ class DaemonClient:
             ) from exc
         return sock
 
-    def _call(self, request: dict[str, Any], timeout: float | None = None) -> Any:
-        with self._connect(timeout or self.timeout) as sock:
+    def _call(
+        self, request: dict[str, Any], timeout: float | Literal["default"] | None = "default"
+    ) -> Any:
+        with self._connect(self.timeout if timeout == "default" else timeout) as sock:
             sock.sendall(json.dumps(request).encode() + b"\n")
             with sock.makefile("rb") as f:
                 return _unwrap(f.readline())["result"]

@@ -301,7 +301,6 @@ class Runtime:
         lines = _Lines(ours)
         try:
             first = await lines.readline()
-            os.waitpid(outer, 0)
             if not first.startswith("pid "):
                 raise OpError(self._init_failure(first, paths), "invalid")
             rec.pid = int(first.split()[1])
@@ -316,9 +315,16 @@ class Runtime:
                     raise OpError(f"cannot attach the container to the network: {exc}", "internal") from None
                 await asyncio.get_running_loop().sock_sendall(ours, b"g")
             second = await lines.readline()
+            # The setup process exits right after reporting the pid; reap it now rather than
+            # wait for it while the init was still building the root.
+            os.waitpid(outer, 0)
+            outer = 0
             if not second.startswith("ok "):
                 raise OpError(self._init_failure(second, paths), "invalid")
         except BaseException:
+            if outer:
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(outer, 0)
             if rec.pid:
                 with contextlib.suppress(ProcessLookupError, ChildProcessError):
                     os.kill(rec.pid, signal.SIGKILL)
@@ -412,6 +418,12 @@ class Runtime:
         except TimeoutError:
             self._signal(rec, signal.SIGKILL)
             await self._exited[rec.spec.id].wait()
+        return rec
+
+    async def wait(self, cid: object) -> Record:
+        """Return the container once it is no longer running."""
+        rec = self._get(cid)
+        await self._exited[rec.spec.id].wait()
         return rec
 
     async def kill(self, cid: object, sig: object = "SIGKILL") -> Record:
@@ -684,7 +696,10 @@ class Server:
 
     async def _run(self, req: dict[str, Any]) -> Record:
         rec = await self.runtime.create(req.get("spec"), req.get("layers"), req.get("image_config", {}))
-        return await self.runtime.start(rec.spec.id)
+        rec = await self.runtime.start(rec.spec.id)
+        if req.get("wait") is True:
+            await self.runtime.wait(rec.spec.id)
+        return rec
 
     async def _stream(
         self, op: str, req: dict[str, Any], reader: asyncio.StreamReader, writer: asyncio.StreamWriter
