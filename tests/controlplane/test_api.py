@@ -416,4 +416,4 @@ def test_it_serves_the_openapi_schema_with_every_endpoint() -> None:
 
 def test_it_serves_the_interactive_api_docs_page() -> None:
     response = APIClient().get("/api/v1/docs/")
-    assert response.status_code == 200 and b"/api/v1/schema/" in response.content
+    assert response.status_code == 200 and b"/api/v1/schema" in response.content
