@@ -275,9 +275,11 @@ class ClientConnection(asyncio.Protocol):
             self._refuse_connection(*refusal)
 
     def eof_received(self) -> bool | None:
-        # A client half-closing mid-request gets its response; one between requests is done.
+        # A client half-closing mid-request gets its response, then the connection closes; one
+        # half-closing between requests is done.
         if self.current is None:
             return None
+        self.closing = True
         return True
 
     def pause_writing(self) -> None:

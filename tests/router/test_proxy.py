@@ -416,6 +416,21 @@ async def test_it_refuses_connect_requests() -> None:
 
 
 @run
+async def test_it_answers_a_client_that_half_closes_after_its_request_then_closes() -> None:
+    app = await App().start()
+    async with running_router() as router:
+        router.set_app("web1", [app.endpoint])
+        client = await Client.connect(router.port)
+        await client.send(f"GET /slow?ms=50 HTTP/1.1\r\nHost: web1.{DOMAIN}\r\n\r\n".encode())
+        client.writer.write_eof()
+        response = await client.response()
+        assert response.status == 200 and response.header("Connection") == "close"
+        assert await client.closed()
+        client.close()
+    await app.stop()
+
+
+@run
 async def test_it_survives_a_client_that_vanishes_mid_request() -> None:
     app = await App().start()
     async with running_router() as router:
