@@ -403,7 +403,7 @@ def test_it_lists_hosts_and_lets_only_staff_drain_them(
     out = admin.paas("hosts:drain", name)
     assert f"Draining {name}" in out.stdout
     states = {h["name"]: h["state"] for h in admin.json("hosts")}
-    assert states[name] != "up"
+    assert states[name] == "draining"
 
 
 def _in_terminal(
