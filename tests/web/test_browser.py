@@ -11,8 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
+from django.conf import settings
 
-from core.models import App, ContainerState, Formation, Release
+from core.models import App, ContainerState, Formation, Host, HostState, Release
+from router.metrics import logs_key
 
 from .conftest import (
     PASSWORD,
@@ -136,6 +139,12 @@ def test_it_walks_through_login_create_config_scale_rollback_and_hosts(
     page.get_by_role("link", name="Logs").click()
     page.get_by_text("GET /items/3 200").last.wait_for()
     shoot(page, "app-logs")
+    # A new line shows up without a reload (htmx polls for lines after the last one shown).
+    redis.Redis.from_url(settings.REDIS_URL).xadd(
+        logs_key("storefront"), {"time": str(time.time()), "tag": "app[web.1]",
+                                 "line": "a line written while the page was open"})
+    page.get_by_text("a line written while the page was open").wait_for(timeout=15_000)
+    assert page.get_by_text("a line written while the page was open").count() == 1
     page.get_by_role("link", name="Activity").click()
     assert page.get_by_text("release.rollback").count() == 1
     shoot(page, "app-activity")
@@ -162,7 +171,9 @@ def test_it_walks_through_login_create_config_scale_rollback_and_hosts(
     phone = browser.new_context(viewport=PHONE, storage_state=context.storage_state())
     small = phone.new_page()
     for name, path in (("apps", "/"), ("app-overview", "/apps/storefront/"),
-                       ("app-releases", "/apps/storefront/releases/"), ("hosts", "/hosts/")):
+                       ("app-releases", "/apps/storefront/releases/"),
+                       ("app-config", "/apps/storefront/config/"), ("team", "/teams/acme/"),
+                       ("hosts", "/hosts/")):
         small.goto(f"{live_server.url}{path}")
         if name == "app-overview":
             small.locator("#metrics figure").first.wait_for()
@@ -186,3 +197,68 @@ def test_it_logs_out_with_the_keyboard(live_server: Any, browser: Any, orm_in_te
     page.wait_for_url(re.compile(r"/login/$"))
     page.goto(f"{live_server.url}/hosts/")
     assert "/login/?next=/hosts/" in page.url
+
+
+def test_it_lets_staff_drain_a_host_after_confirming(live_server: Any, browser: Any,
+                                                    orm_in_test: None) -> None:
+    make_acme()
+    make_host("node-1")
+    page = browser.new_page(viewport=LAPTOP)
+    questions: list[str] = []
+
+    def answer(dialog: Any) -> None:
+        questions.append(dialog.message)
+        dialog.dismiss() if len(questions) == 1 else dialog.accept()
+
+    page.on("dialog", answer)
+    page.goto(f"{live_server.url}/login/?next=/hosts/")
+    page.get_by_label("User name").fill("ops")
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Log in").click()
+    page.wait_for_url(re.compile(r"/hosts/$"))
+    page.get_by_role("button", name="Drain node-1").click()  # dismissed: nothing happens
+    assert Host.objects.get(name="node-1").state == HostState.READY
+    page.get_by_role("button", name="Drain node-1").click()
+    page.wait_for_url(re.compile(r"/hosts/$"))
+    page.get_by_text("Draining node-1").wait_for()
+    assert questions[0].startswith("Drain node-1?")
+    assert Host.objects.get(name="node-1").state == HostState.DRAINING
+    assert page.get_by_role("button", name="Drain node-1").count() == 0
+
+
+LABELLED_PAGES = ["/", "/apps/shop/", "/apps/shop/config/", "/apps/shop/domains/",
+                  "/apps/shop/releases/", "/teams/acme/", "/account/tokens/", "/account/password/",
+                  "/hosts/"]
+
+
+def test_it_labels_every_control_for_assistive_technology(live_server: Any, browser: Any,
+                                                          orm_in_test: None) -> None:
+    acme = make_acme()
+    deploy(acme.app, acme.owner)
+    context = browser.new_context(viewport=LAPTOP)
+    page = context.new_page()
+    page.goto(f"{live_server.url}/login/")
+    page.get_by_label("User name").fill("olive")
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Log in").click()
+    page.wait_for_url(f"{live_server.url}/")
+    unnamed: dict[str, list[str]] = {}
+    for path in LABELLED_PAGES:
+        page.goto(f"{live_server.url}{path}")
+        assert page.locator("h1").count() == 1, path
+        assert page.locator("main#main").count() == 1, path
+        unnamed[path] = _unlabelled_controls(page)
+    assert unnamed == {path: [] for path in LABELLED_PAGES}
+    context.close()
+
+
+def _unlabelled_controls(page: Any) -> list[str]:
+    return page.evaluate("""() => {
+        const controls = document.querySelectorAll(
+            'input:not([type=hidden]), select, textarea, button, a[href], summary');
+        return [...controls].filter(el => {
+            const labelled = (el.labels && el.labels.length) || el.getAttribute('aria-label')
+                || el.getAttribute('aria-labelledby') || el.textContent.trim();
+            return !labelled;
+        }).map(el => el.outerHTML.slice(0, 120));
+    }""")
