@@ -66,3 +66,16 @@ def deployed(acme: Acme, web1: App) -> App:
 def _fast_password_hashing(settings: Any) -> None:
     # The default PBKDF2 hasher costs a few hundred milliseconds per password on purpose.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Leave `postgres`-marked tests out of the SQLite pass (`make test` runs them in the second)."""
+    import os
+
+    if os.environ.get("DATABASE_URL", "").startswith(("postgres://", "postgresql://")):
+        return
+    kept = [item for item in items if item.get_closest_marker("postgres") is None]
+    deselected = [item for item in items if item.get_closest_marker("postgres") is not None]
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = kept
