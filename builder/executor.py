@@ -223,7 +223,9 @@ def _emit_lines(data: bytes, on_line: OnLine) -> bytes:
         nl = data.find(b"\n")
         if nl < 0:
             break
-        on_line(_decode(data[:nl]))
+        line = data[:nl]
+        for start in range(0, max(len(line), 1), _MAX_LINE):
+            on_line(_decode(line[start : start + _MAX_LINE]))
         data = data[nl + 1 :]
     while len(data) > _MAX_LINE:  # a line with no end in sight: pass it on in pieces
         on_line(_decode(data[:_MAX_LINE]))
