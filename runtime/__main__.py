@@ -213,7 +213,7 @@ def _run(root: Path, client: DaemonClient, args: argparse.Namespace) -> int:
     if args.detach:
         print(c["id"])
         return 0
-    for item in client.logs(c["id"], tail=0, follow=True):
+    for item in client.logs(c["id"], tail=1 << 30, follow=True):
         stream = sys.stdout if item["stream"] == "stdout" else sys.stderr
         print(item["line"], file=stream, flush=True)
     final = client.inspect(c["id"])

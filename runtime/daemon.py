@@ -511,15 +511,23 @@ class Runtime:
             raise OpError("tail: must be a whole number of lines (0 or more)")
         paths = self.paths(rec.spec.id)
         lines: list[bytes] = []
-        for name in ("container.log.1", "container.log"):
-            with contextlib.suppress(FileNotFoundError):
-                lines += (paths.dir / name).read_bytes().splitlines()
+        with contextlib.suppress(FileNotFoundError):
+            lines += (paths.dir / "container.log.1").read_bytes().splitlines()
+        pos, ino, data = 0, 0, b""
+        with contextlib.suppress(FileNotFoundError), open(paths.log, "rb") as f:
+            data = f.read()
+            # Follow from exactly what was read, in the file that was read.
+            pos, ino = len(data), os.fstat(f.fileno()).st_ino
+        whole, _, buf = data.rpartition(b"\n")
+        lines += whole.splitlines() if whole or data.startswith(b"\n") else []
+        if follow is not True and buf:
+            lines.append(buf)
         for raw in lines[-tail:] if tail else []:
             yield _log_item(raw)
         if follow is not True:
             return
-        pos, ino = _stat_log(paths.log)
-        buf = b""
+        if tail == 0:
+            buf = b""
         while True:
             size, cur = _stat_log(paths.log)
             if cur != ino or size < pos:  # rotated: read the new file from the start
@@ -530,8 +538,8 @@ class Runtime:
                     chunk = f.read(size - pos)
                 pos += len(chunk)
                 buf += chunk
-                *whole, buf = buf.split(b"\n")
-                for raw in whole:
+                *complete, buf = buf.split(b"\n")
+                for raw in complete:
                     yield _log_item(raw)
             elif rec.state != "running" or rec.spec.id not in self.records:
                 return

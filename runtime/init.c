@@ -455,6 +455,9 @@ static void init_main(void) {
      * same seccomp filter apply to it, so a compromised init cannot mount or ptrace either. */
     drop_bounding_set();
     prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+    /* Not dumpable: /proc/1/{fd,cwd,environ,root} stay closed to the app even if it found a
+     * way to the init's uid, so the state directory fd never leaks (proc(5)). */
+    prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
     install_seccomp();
 
     struct stream so = {.fd = out[0], .name = "stdout"}, se = {.fd = err[0], .name = "stderr"};

@@ -89,6 +89,16 @@ def test_it_closes_every_descriptor_above_two_before_exec(rt: Daemon, tiny: Imag
     assert fds[:3] == [0, 1, 2] and len(fds) == 4
 
 
+def test_it_keeps_the_inits_descriptors_and_environment_from_the_app(rt: Daemon, tiny: Image) -> None:
+    _, out = run_to_exit(
+        rt, tiny,
+        ["sh", "-c", "ls /proc/1/fd >/dev/null 2>&1; echo fd=$?; cat /proc/1/environ >/dev/null 2>&1; echo env=$?;"
+         "ls /proc/1/cwd/ >/dev/null 2>&1; echo cwd=$?"],
+        env={"SECRET": "x"},
+    )
+    assert out.split() == ["fd=1", "env=1", "cwd=1"]
+
+
 def test_it_builds_a_minimal_dev_with_the_real_null_device(rt: Daemon, tiny: Image) -> None:
     _, out = run_to_exit(rt, tiny, ["sh", "-c", "ls /dev; stat -c '%F %t:%T' /dev/null; echo x > /dev/null && echo wrote"])
     lines = out.splitlines()
@@ -161,6 +171,7 @@ def test_it_keeps_the_host_loopback_out_of_reach(rt: Daemon, tiny: Image) -> Non
     assert out.split("rc=1")[1].split() == ["lo"]
 
 
+@pytest.mark.slow
 def test_it_kills_a_process_that_exceeds_its_memory_and_reports_oom(rt: Daemon, tiny: Image) -> None:
     neighbour = rt.run(tiny, ["sleep", "30"], memory_mb=16)
     done, _ = run_to_exit(rt, tiny, ["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"], memory_mb=16)
@@ -170,6 +181,7 @@ def test_it_kills_a_process_that_exceeds_its_memory_and_reports_oom(rt: Daemon, 
     rt.client.stop(neighbour["id"], timeout_s=1)
 
 
+@pytest.mark.slow
 def test_it_stops_a_fork_bomb_at_the_pids_limit(rt: Daemon, probe: Image) -> None:
     c = rt.run(probe, ["probe", "forkbomb"], pids_limit=16)
     for _ in range(500):

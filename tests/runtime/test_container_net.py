@@ -15,7 +15,7 @@ import pytest
 
 from tests.runtime.daemon_fixtures import Daemon, Image, tiny_fixture  # noqa: F401  (fixtures)
 
-pytestmark = pytest.mark.root
+pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module", name="netd")

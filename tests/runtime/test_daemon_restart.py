@@ -16,7 +16,7 @@ from tests.runtime.daemon_fixtures import (  # noqa: F401  (fixtures)
     tiny_fixture,
 )
 
-pytestmark = pytest.mark.root
+pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 
 def dead(pid: int) -> bool:

@@ -192,3 +192,21 @@ def test_the_debug_cli_lists_and_execs_and_explains_errors(rt: Daemon, tiny: Ima
     )
     assert gone.returncode == 1 and "the runtime daemon is not running" in gone.stderr
     assert "Traceback" not in gone.stderr + bad.stderr
+
+
+def test_the_debug_cli_runs_an_image_from_the_store_and_returns_its_exit_code(rt: Daemon) -> None:
+    from runtime.images import ImageStore
+    from runtime.tinyimage import build_tiny_image
+
+    build_tiny_image(ImageStore(rt.root / "images"))
+    cli = [sys.executable, "-m", "runtime", "--root", str(rt.root)]
+    images = subprocess.run([*cli, "images"], cwd=REPO, capture_output=True, text=True, check=True)
+    assert images.stdout.startswith("tiny:latest")
+    name = rt.new_id("cli")
+    run = subprocess.run(
+        [*cli, "run", "--name", name, "-e", "WHO=cli", "tiny", "--", "sh", "-c", "echo hi $WHO; echo warn >&2; exit 3"],
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+    )
+    assert (run.returncode, run.stdout, run.stderr) == (3, "hi cli\n", "warn\n")
+    missing = subprocess.run([*cli, "run", "nosuch"], cwd=REPO, capture_output=True, text=True)
+    assert missing.returncode == 1 and missing.stderr.startswith("error: ") and "Traceback" not in missing.stderr
