@@ -239,3 +239,24 @@ def test_it_links_no_asset_from_another_site(client: Client, acme: Acme) -> None
     for attribute in ('src="http', "src=\"//", 'href="//'):
         assert attribute not in page
     assert '<link rel="stylesheet" href="/static/web/app.css">' in page
+
+
+def test_it_wants_the_apps_name_typed_before_destroying_it(client: Client, acme: Acme) -> None:
+    login(client, acme.owner)
+    response = client.post("/apps/shop/destroy/", {"confirm": "shp"}, follow=True)
+    assert "Type the app&#x27;s name, shop, to confirm destroying it." in response.content.decode()
+    assert App.objects.filter(name="shop").exists()
+
+
+def test_it_keeps_a_team_that_still_has_apps(client: Client, acme: Acme) -> None:
+    login(client, acme.owner)
+    response = client.post("/teams/acme/delete/", follow=True)
+    assert "still has apps (shop)" in response.content.decode()
+
+
+def test_it_sends_an_expired_htmx_poll_to_the_login_page_as_a_whole_page(client: Client,
+                                                                       acme: Acme) -> None:
+    response = client.get("/apps/shop/logs/?after=0-0", HTTP_HX_REQUEST="true",
+                          HTTP_HX_CURRENT_URL="http://testserver/apps/shop/logs/")
+    assert response.status_code == 200 and response.content == b""
+    assert response["HX-Redirect"] == "/login/?next=%2Fapps%2Fshop%2Flogs%2F"

@@ -19,6 +19,7 @@ from core.models import (
     HostState,
     Membership,
     Release,
+    Team,
 )
 
 from .conftest import PERSONAS, Acme, deploy, login, make_host
@@ -266,3 +267,21 @@ def test_it_offers_only_the_controls_a_role_may_use(client: Client, shop: Acme,
     assert ("Add a member" in team) is (persona in MAY_MANAGE_MEMBERS)
     assert ('<option value="owner"' in team) is (persona in MAY_MANAGE_OWNERS)
     assert ("Create an app" in apps) is True  # everyone owns a personal team
+
+
+@pytest.mark.parametrize("persona", PERSONAS)
+def test_it_destroys_apps_only_for_admins_and_owners(client: Client, shop: Acme,
+                                                     persona: str) -> None:
+    response = login(client, shop.user(persona)).post("/apps/shop/destroy/", {"confirm": "shop"})
+    allowed = _expect(response, persona, MAY_MANAGE_APPS)
+    assert App.objects.filter(name="shop").exists() is not allowed
+    if allowed:
+        assert response["Location"] == "/"
+
+
+@pytest.mark.parametrize("persona", PERSONAS)
+def test_it_deletes_a_team_only_for_owners(client: Client, acme: Acme, persona: str) -> None:
+    actions.app_destroy(actor=acme.owner, app=acme.app)
+    response = login(client, acme.user(persona)).post("/teams/acme/delete/")
+    allowed = _expect(response, persona, MAY_MANAGE_OWNERS)
+    assert Team.objects.filter(name="acme").exists() is not allowed

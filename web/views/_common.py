@@ -5,11 +5,13 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import urlencode, urlsplit
 
+from django.conf import settings
 from django.contrib import messages
-from django.contrib.auth.decorators import login_required
+from django.contrib.auth.views import redirect_to_login
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
-from django.shortcuts import render
+from django.shortcuts import render, resolve_url
 
 from core.errors import ActionError, Forbidden, NotFound
 
@@ -37,17 +39,33 @@ def error_page(request: HttpRequest, exc: ActionError) -> HttpResponse:
     )
 
 
+def _login_again(request: HttpRequest) -> HttpResponse:
+    """Send a visitor who is not (or no longer) logged in to the login page.
+
+    An htmx poll must not swap the login page into a fragment: it is told to load the login page
+    as a whole page (HX-Redirect), to come back to the page the poll was made from.
+    """
+    if is_htmx(request):
+        page = urlsplit(request.headers.get("HX-Current-URL", "")).path or "/"
+        response = HttpResponse(status=200)
+        response["HX-Redirect"] = f"{resolve_url(settings.LOGIN_URL)}?{urlencode({'next': page})}"
+        return response
+    return redirect_to_login(request.get_full_path())
+
+
 def dashboard_view(view: View) -> View:
     """Require a logged-in user; show NotFound and Forbidden from reads and actions as pages."""
 
     @functools.wraps(view)
     def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        if not request.user.is_authenticated:
+            return _login_again(request)
         try:
             return view(request, *args, **kwargs)
         except (NotFound, Forbidden) as exc:
             return error_page(request, exc)
 
-    return login_required(wrapper)  # type: ignore[return-value]
+    return wrapper  # type: ignore[return-value]
 
 
 def back_with(

@@ -152,6 +152,27 @@ def app_metrics(request: HttpRequest, name: str) -> HttpResponse:
         app, role, "overview", metrics=live.app_metrics(app.name), poll=METRICS_POLL_SECONDS))
 
 
+@dashboard_view
+@require_POST
+def app_destroy(request: HttpRequest, name: str) -> HttpResponse:
+    """Destroy the app, once its name has been typed to confirm (admins and owners)."""
+    app, _ = _app(request, name)
+    typed = request.POST.get("confirm", "").strip()
+
+    def destroy() -> None:
+        authz.require_app(request.user, Verb.APP_MANAGE, app)
+        if typed != app.name:
+            raise Invalid(f"Type the app's name, {app.name}, to confirm destroying it.",
+                          fields={"confirm": ["Does not match."]})
+        actions.app_destroy(actor=acting_user(request), app=app)
+
+    response = run_action(request, reverse("web:app", args=[name]),
+                          f"Destroyed {name} with its releases, config and domains.", destroy)
+    if response.status_code == 303 and not App.objects.filter(pk=app.pk).exists():
+        response["Location"] = reverse("web:apps")
+    return response
+
+
 # --- releases and rollback -------------------------------------------------------------------
 
 

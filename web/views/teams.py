@@ -121,6 +121,20 @@ def member_remove(request: HttpRequest, name: str, username: str) -> HttpRespons
 
 
 @dashboard_view
+@require_POST
+def team_delete(request: HttpRequest, name: str) -> HttpResponse:
+    """Delete a team without apps (owners only; a personal team stays)."""
+    team, _ = _team(request, name)
+    try:
+        actions.team_destroy(actor=acting_user(request), team=team)
+    except Forbidden as exc:
+        return error_page(request, exc)
+    except ActionError as exc:
+        return back_with(request, reverse("web:team", args=[name]), error=exc)
+    return back_with(request, reverse("web:teams"), success=f"Deleted team {name}.")
+
+
+@dashboard_view
 @require_GET
 def team_events(request: HttpRequest, name: str) -> HttpResponse:
     team, role = _team(request, name)

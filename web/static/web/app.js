@@ -28,3 +28,12 @@ document.addEventListener("htmx:afterSwap", function (event) {
 document.addEventListener("DOMContentLoaded", function () {
   document.querySelectorAll(".logs").forEach(stickToBottom);
 });
+
+// Show error answers (403, 404) in the part that asked, instead of silently ignoring them.
+if (window.htmx) {
+  window.htmx.config.responseHandling = [
+    {code: "204", swap: false},
+    {code: "[23]..", swap: true},
+    {code: "[45]..", swap: true, error: true},
+  ];
+}
