@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import os
+from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -48,15 +51,63 @@ def decode_apps(raw: dict[Any, Any]) -> dict[str, AppRoute]:
     return apps
 
 
+def save_snapshot(path: Path, table: RouteTable) -> None:
+    """Write the table to a file (atomically), for a worker that starts while Redis is away."""
+    data = {
+        "version": table.version,
+        "apps": {
+            name: {"endpoints": [e.key for e in route.endpoints], "maintenance": route.maintenance}
+            for name, route in table.apps.items()
+        },
+        "domains": table.domains,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
+
+
+def load_snapshot(path: Path, table: RouteTable) -> bool:
+    """Fill the table from a snapshot file; False (and the table untouched) if there is none."""
+    try:
+        data = json.loads(path.read_text())
+        apps = decode_apps({name: json.dumps(entry) for name, entry in data["apps"].items()})
+        domains = {str(k): str(v) for k, v in data["domains"].items()}
+        version = int(data["version"])
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        log.error("at=error code=bad_snapshot file=%s error=%r", path, str(error))
+        return False
+    table.replace(apps, domains, version)
+    return True
+
+
 class TableFollower:
     """Follow the route table in Redis for one worker; `synced` is set while it is current."""
 
-    def __init__(self, client: aioredis.Redis[Any], table: RouteTable, *, retry_max: float = 2.0) -> None:
+    def __init__(
+        self,
+        client: aioredis.Redis[Any],
+        table: RouteTable,
+        *,
+        retry_max: float = 2.0,
+        snapshot: Path | None = None,
+    ) -> None:
         self.client = client
         self.table = table
         self.retry_max = retry_max
+        self.snapshot = snapshot
         self.synced = asyncio.Event()
         self.syncs = 0  # full reads so far (tests and logs)
+
+    def _save(self) -> None:
+        if self.snapshot is None:
+            return
+        try:
+            save_snapshot(self.snapshot, self.table)
+        except OSError as error:
+            log.warning("at=error code=snapshot_not_written file=%s error=%r", self.snapshot, str(error))
 
     async def run(self) -> None:
         delay = 0.05
@@ -92,6 +143,7 @@ class TableFollower:
         self.table.replace(decode_apps(apps_raw), domains, int(version_raw or 0))
         self.syncs += 1
         self.synced.set()
+        self._save()
 
     async def apply(self, data: Any) -> None:
         try:
@@ -126,6 +178,7 @@ class TableFollower:
             host: (None if raw is None else _text(raw)) for host, raw in zip(domains, domain_values, strict=True)
         }
         self.table.patch(app_routes, domain_apps, version)
+        self._save()
 
 
 async def flush_forever(client: aioredis.Redis[Any], recorder: Recorder, interval: float) -> None:

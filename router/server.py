@@ -26,7 +26,7 @@ import redis.asyncio as aioredis
 import uvloop
 
 from router.config import RouterConfig
-from router.follow import TableFollower, flush, flush_forever
+from router.follow import TableFollower, flush, flush_forever, load_snapshot
 from router.proxy import Worker
 from router.routing import RouteTable
 from router.tls import CertStore
@@ -70,13 +70,19 @@ async def serve(config: RouterConfig, listeners: list[Listener], ready_fd: int |
     worker = Worker(config, table)
     client = aioredis.from_url(config.redis_url, socket_connect_timeout=2.0, socket_timeout=None,
                                health_check_interval=5)
-    follower = TableFollower(client, table)
+    snapshot = config.data_dir / "router" / "table.json"
+    # With a snapshot there is a table to serve already: wait less for Redis before listening.
+    from_snapshot = load_snapshot(snapshot, table)
+    if from_snapshot:
+        log.info("at=info desc=\"route table read from the last snapshot\" version=%d", table.version)
+    follower = TableFollower(client, table, snapshot=snapshot)
     tasks = [loop.create_task(follower.run()), loop.create_task(flush_forever(client, worker.recorder, config.flush_interval))]
     with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(5.0):
+        async with asyncio.timeout(1.0 if from_snapshot else 5.0):
             await follower.synced.wait()
     if not follower.synced.is_set():
-        log.warning("at=error code=redis_unavailable desc=\"starting with an empty route table\"")
+        log.warning("at=error code=redis_unavailable desc=\"starting with the snapshot's route table\" version=%d",
+                    table.version)
     certs = CertStore(config.certs_dir)
     servers = []
     for listener in listeners:
@@ -132,6 +138,21 @@ class Master:
         self.stopping = False
 
     def spawn(self, slot: int) -> int:
+        return self.spawn_all([slot])[0]
+
+    def spawn_all(self, slots: list[int]) -> list[int]:
+        """Fork a worker for each slot, then wait until each is ready (or READY_TIMEOUT)."""
+        started = [self._fork(slot) for slot in slots]
+        deadline = time.monotonic() + READY_TIMEOUT
+        for pid, slot, read_end in started:
+            ready, _, _ = select.select([read_end], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready or not os.read(read_end, 1):
+                log.error("at=error code=worker_not_ready pid=%d slot=%d", pid, slot)
+            os.close(read_end)
+            self.workers[pid] = slot
+        return [pid for pid, _, _ in started]
+
+    def _fork(self, slot: int) -> tuple[int, int, int]:
         read_end, write_end = os.pipe()
         pid = os.fork()
         if pid == 0:
@@ -152,12 +173,7 @@ class Master:
                 logging.shutdown()
                 os._exit(code)
         os.close(write_end)
-        ready, _, _ = select.select([read_end], [], [], READY_TIMEOUT)
-        if not ready or not os.read(read_end, 1):
-            log.error("at=error code=worker_not_ready pid=%d slot=%d", pid, slot)
-        os.close(read_end)
-        self.workers[pid] = slot
-        return pid
+        return pid, slot, read_end
 
     def reap(self) -> None:
         while True:
@@ -177,8 +193,7 @@ class Master:
     def reload(self) -> None:
         old = dict(self.workers)
         self.workers = {}
-        for slot in range(len(self.slots)):
-            self.spawn(slot)
+        self.spawn_all(list(range(len(self.slots))))
         for pid in old:
             self.retiring.add(pid)
             with contextlib.suppress(ProcessLookupError):
@@ -210,8 +225,7 @@ class Master:
 
     def run(self) -> int:
         signal.pthread_sigmask(signal.SIG_BLOCK, MASTER_SIGNALS)
-        for slot in range(len(self.slots)):
-            self.spawn(slot)
+        self.spawn_all(list(range(len(self.slots))))
         host, port = self.config.bind
         log.info("at=info desc=\"router listening\" bind=%s:%d workers=%d", host, port, len(self.slots))
         while True:

@@ -14,10 +14,10 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from router.follow import TableFollower, flush
+from router.follow import TableFollower, flush, load_snapshot, save_snapshot
 from router.metrics import Recorder
 from router.routing import Forward, Refuse, RouteTable
-from router.table import APPS_KEY, route_app_set, route_domain_set
+from router.table import APPS_KEY, decode_app, route_app_set, route_domain_set
 from tests.router.helpers import free_port, run
 
 
@@ -146,3 +146,43 @@ async def test_it_drops_metrics_it_cannot_write_without_failing(own_redis) -> No
     await flush(client, recorder)
     assert not recorder.pending()
     await client.aclose()
+
+
+def test_it_keeps_a_snapshot_a_new_worker_can_start_from(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    table = RouteTable("apps.test")
+    table.replace({"web1": decode_app("web1", '{"endpoints": ["10.0.0.1:5000"], "maintenance": true}')},
+                  {"*.example.com": "web1"}, 12)
+    path = tmp_path / "router" / "table.json"
+    save_snapshot(path, table)
+    fresh = RouteTable("apps.test")
+    assert load_snapshot(path, fresh)
+    assert fresh.version == 12 and fresh.domains == {"*.example.com": "web1"}
+    assert fresh.apps["web1"] == table.apps["web1"]
+
+
+def test_it_starts_empty_from_a_missing_or_broken_snapshot(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    table = RouteTable("apps.test")
+    assert not load_snapshot(tmp_path / "nothing.json", table)
+    (tmp_path / "broken.json").write_text("{")
+    assert not load_snapshot(tmp_path / "broken.json", table)
+    assert table.apps == {}
+
+
+@run
+async def test_it_writes_the_snapshot_as_the_table_changes(redis_client: redis.Redis, redis_url: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    client = aioredis.from_url(redis_url)
+    table = RouteTable("apps.test")
+    path = tmp_path / "table.json"
+    follower = TableFollower(client, table, snapshot=path)
+    task = asyncio.get_running_loop().create_task(follower.run())
+    try:
+        await asyncio.wait_for(follower.synced.wait(), 5)
+        route_app_set(redis_client, "web1", ["10.0.0.1:5000"])
+        await until(lambda: "web1" in table.apps)
+        copy = RouteTable("apps.test")
+        assert load_snapshot(path, copy) and "web1" in copy.apps
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await client.aclose()

@@ -91,6 +91,18 @@ async def test_it_serves_the_route_table_from_redis_and_follows_changes(redis_cl
 
 
 @run
+async def test_it_starts_from_its_snapshot_when_redis_is_away(redis_client: redis.Redis, redis_url: str, tmp_path: Path) -> None:
+    app = await App().start()
+    route_app_set(redis_client, "web1", [app.endpoint])
+    async with router_process(redis_url, tmp_path) as (_, port):
+        await until_status(port, 200)
+    assert (tmp_path / "router" / "table.json").exists()
+    async with router_process(f"redis://127.0.0.1:{free_port()}/0", tmp_path) as (_, port):
+        await until_status(port, 200, timeout=20)
+    await app.stop()
+
+
+@run
 async def test_it_reloads_on_sighup_without_dropping_a_request(redis_client: redis.Redis, redis_url: str, tmp_path: Path) -> None:
     app = await App().start()
     route_app_set(redis_client, "web1", [app.endpoint])
