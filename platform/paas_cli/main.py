@@ -8,6 +8,7 @@ repository in the current directory. Every listing takes `--json` and prints the
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -476,7 +477,8 @@ def releases_info(version: str, app: str | None, as_json: bool) -> None:
     output.print_pairs([
         ("Release", output.release_name(release)),
         ("Description", output.text(release.get("description"))),
-        ("Build", output.text(release.get("build"))),
+        ("Build", output.text(release.get("build")) or "none"),
+        ("Commit", output.text(release.get("commit")) or "none"),
         ("Config keys", output.text(release.get("config_keys"))),
         ("By", output.text(release.get("created_by"))),
         ("Created", output.when(release.get("created_at"))),
@@ -499,7 +501,12 @@ def rollback(version: str | None, app: str | None, as_json: bool) -> None:
     if as_json:
         output.say(dumps(release))
         return
-    target = f"v{body['version']}" if "version" in body else "the previous release"
+    if "version" in body:
+        target = f"v{body['version']}"
+    else:
+        # The API names the release it went back to in the new release's description.
+        found = re.search(r"\bv\d+\b", output.text(release.get("description")))
+        target = found.group(0) if found else "the previous release"
     output.say(f"Rolled back {name} to {target}: released {output.release_name(release)}.")
 
 

@@ -257,6 +257,10 @@ def test_it_logs_in_creates_configures_scales_and_rolls_back_an_app(
     assert alice.json("config", cwd=repo) == {}
     info = alice.json("releases:info", "v4", cwd=repo)
     assert isinstance(info, dict) and info["version"] == 4
+    # Without a version: back to the one before the current (v3, the deploy with A=1).
+    out = alice.paas("rollback", cwd=repo)
+    assert f"Rolled back {app} to v3: released v5." in out.stdout
+    assert alice.json("config", cwd=repo) == {"A": "1"}
 
 
 def test_it_prints_the_apis_own_json_for_listings(
