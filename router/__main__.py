@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from router.config import ConfigError, RouterConfig, parse_bind
+from router.config import ConfigError, RouterConfig
 from router.server import Master, configure_logging
 
 
@@ -27,7 +27,6 @@ def main(argv: list[str] | None = None) -> int:
             env[name] = value
     try:
         config = RouterConfig.from_env(env)
-        parse_bind("PAAS_ROUTER_BIND", env.get("PAAS_ROUTER_BIND", "0.0.0.0:8080"))
     except ConfigError as error:
         print(f"router: {error}", file=sys.stderr)
         return 2
