@@ -75,6 +75,7 @@ class Plan:
         cgroup_procs: Sequence[Path],
         log_max_bytes: int,
         wait_for_go: bool = True,
+        net_args: Sequence[str] = (),
     ) -> list[str]:
         """Return the argv of `paas-init run` for this plan."""
         args = [
@@ -89,6 +90,7 @@ class Plan:
             "--cwd", self.cwd,
             "--log-max", str(log_max_bytes),
             "--wait", "go" if wait_for_go else "none",
+            *net_args,
         ]
         for layer in layers:
             args += ["--lower", str(layer)]

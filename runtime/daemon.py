@@ -24,6 +24,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -281,7 +283,26 @@ class Runtime:
         paths.exit.unlink(missing_ok=True)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         attach = self.network is not None and spec.network.mode == "bridge"
-        args = p.init_args(self.init, paths, layers, cg.procs_files(), self.log_max_bytes, attach)
+        fast = _fast_network(self.network) if attach else None
+        nat_done: asyncio.Future[Any] | None = None
+        net_args: list[str] = []
+        if fast is not None:
+            # The setup process plugs the container in itself (one netlink message, a few
+            # ioctls); only the NAT rule needs iptables, run meanwhile, before the app starts.
+            try:
+                net_args, rec.ip, nat = await asyncio.get_running_loop().run_in_executor(
+                    self._net_pool, fast.prepare, spec.id, spec.network.nat
+                )
+            except Exception as exc:
+                self._release(rec)
+                raise OpError(f"cannot attach the container to the network: {exc}", "internal") from None
+            if nat is not None:
+                nat_done = asyncio.get_running_loop().run_in_executor(self._net_pool, nat)
+            attach = False
+        args = p.init_args(
+            self.init, paths, layers, cg.procs_files(), self.log_max_bytes,
+            attach or nat_done is not None, net_args,
+        )
         try:
             outer = os.posix_spawn(
                 str(self.init),
@@ -313,6 +334,12 @@ class Runtime:
                     rec.ip = str(getattr(att, "ip", "")) or None
                 except Exception as exc:
                     raise OpError(f"cannot attach the container to the network: {exc}", "internal") from None
+                await asyncio.get_running_loop().sock_sendall(ours, b"g")
+            if nat_done is not None:
+                try:
+                    await nat_done
+                except Exception as exc:
+                    raise OpError(f"cannot set up outbound NAT: {exc}", "internal") from None
                 await asyncio.get_running_loop().sock_sendall(ours, b"g")
             second = await lines.readline()
             # The setup process exits right after reporting the pid; reap it now rather than
@@ -562,6 +589,52 @@ class Runtime:
             loop.remove_reader(fd)
             os.close(fd)
         self._pidfds.clear()
+
+
+class _FastNetwork:
+    """Plug containers into a `HostNetwork` from the init's setup process instead of pyroute2.
+
+    The address comes from the network's allocator and the attachment is recorded in its format,
+    so `HostNetwork.detach` undoes it like one of its own.
+    """
+
+    def __init__(self, net: Any) -> None:
+        self.net = net
+
+    def prepare(self, cid: str, nat: bool) -> tuple[list[str], str, Callable[[], None] | None]:
+        from runtime.network import Attachment
+
+        net = self.net
+        host_veth = "p" + hashlib.sha256(f"{net.bridge}/{cid}".encode()).hexdigest()[:12]
+        path = Path(net.state_dir) / "attachments" / f"{cid}.json"
+        if path.exists() or Path("/sys/class/net", host_veth).exists():
+            net.detach(cid)  # left over from a crash
+        ip = str(net.ipam.allocate(cid))
+        att = Attachment(
+            container_id=cid, ip=ip, gateway=net.gateway, prefixlen=net.subnet.prefixlen,
+            host_veth=host_veth, nat=nat,
+        )
+        path.write_text(json.dumps(dataclasses.asdict(att)))
+        args = [
+            "--net-bridge", net.bridge, "--net-veth", host_veth,
+            "--net-addr", f"{ip}/{net.subnet.prefixlen}", "--net-gateway", net.gateway,
+        ]
+
+        def add_nat() -> None:
+            net._ipt("nat", "-A", net.chain, *net._masquerade_rule(att))
+
+        return args, ip, add_nat if nat else None
+
+
+def _fast_network(network: object) -> _FastNetwork | None:
+    """Use the fast path for the host's own `HostNetwork` (not one acting in another netns)."""
+    try:
+        from runtime.network import HostNetwork
+    except ImportError:
+        return None
+    if isinstance(network, HostNetwork) and network.netns is None:
+        return _FastNetwork(network)
+    return None
 
 
 def _quietly(fn: Callable[[str], None], arg: str) -> None:

@@ -28,7 +28,14 @@
 #include <limits.h>
 #include <linux/audit.h>
 #include <linux/filter.h>
+#include <arpa/inet.h>
+#include <linux/if_link.h>
+#include <linux/netlink.h>
+#include <linux/rtnetlink.h>
+#include <linux/veth.h>
 #include <net/if.h>
+#include <net/route.h>
+#include <netinet/in.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <linux/seccomp.h>
@@ -64,6 +71,8 @@ static struct {
     gid_t gid;
     long log_max;
     int wait_go;
+    const char *bridge, *veth, *addr, *gateway; /* networking done by the setup process */
+    int prefixlen;
     pid_t target;
     char **argv;
 } opt = {.uid = 1000, .gid = 1000, .cwd = "/", .log_max = 10L * 1024 * 1024, .wait_go = 1};
@@ -102,6 +111,18 @@ static void parse(int argc, char **argv) {
         else if (strcmp(a, "--gid") == 0) opt.gid = (gid_t)strtoul(v, NULL, 10);
         else if (strcmp(a, "--log-max") == 0) opt.log_max = strtol(v, NULL, 10);
         else if (strcmp(a, "--wait") == 0) opt.wait_go = strcmp(v, "go") == 0;
+        else if (strcmp(a, "--net-bridge") == 0) opt.bridge = v;
+        else if (strcmp(a, "--net-veth") == 0) opt.veth = v;
+        else if (strcmp(a, "--net-gateway") == 0) opt.gateway = v;
+        else if (strcmp(a, "--net-addr") == 0) {
+            static char addr[64];
+            snprintf(addr, sizeof addr, "%s", v);
+            char *slash = strchr(addr, '/');
+            if (!slash) die("--net-addr wants address/prefixlen");
+            *slash = 0;
+            opt.addr = addr;
+            opt.prefixlen = atoi(slash + 1);
+        }
         else if (strcmp(a, "--pid") == 0) opt.target = (pid_t)strtol(v, NULL, 10);
         else if (strcmp(a, "--lower") == 0 && opt.nlowers < MAX_LIST) opt.lowers[opt.nlowers++] = v;
         else if (strcmp(a, "--cgroup") == 0 && opt.ncgroups < MAX_LIST) opt.cgroups[opt.ncgroups++] = v;
@@ -346,6 +367,100 @@ static void loopback_up(void) {
     close(s);
 }
 
+/* --- networking: one rtnetlink message and a few ioctls ---------------------------------------- */
+
+static void nl_attr(struct nlmsghdr *n, size_t cap, unsigned short type, const void *data, size_t len) {
+    size_t off = NLMSG_ALIGN(n->nlmsg_len);
+    if (off + RTA_LENGTH(len) > cap) die("netlink message too long");
+    struct rtattr *rta = (struct rtattr *)((char *)n + off);
+    rta->rta_type = type;
+    rta->rta_len = (unsigned short)RTA_LENGTH(len);
+    if (len) memcpy(RTA_DATA(rta), data, len);
+    n->nlmsg_len = (unsigned)(off + RTA_ALIGN(rta->rta_len));
+}
+
+static struct rtattr *nl_nest(struct nlmsghdr *n, size_t cap, unsigned short type) {
+    struct rtattr *r = (struct rtattr *)((char *)n + NLMSG_ALIGN(n->nlmsg_len));
+    nl_attr(n, cap, type, NULL, 0);
+    return r;
+}
+
+static void nl_end(struct nlmsghdr *n, struct rtattr *r) {
+    r->rta_len = (unsigned short)((char *)n + n->nlmsg_len - (char *)r);
+}
+
+/* Create the veth pair in one RTM_NEWLINK (rtnetlink(7), veth(4)): the host end `opt.veth`,
+ * up and enslaved to the bridge, in the host's namespace (`host_nl` was opened there); the peer,
+ * named eth0, straight in the namespace `netns_fd`. */
+static void veth_create(int host_nl, int netns_fd, unsigned master) {
+    char buf[1024] __attribute__((aligned(NLMSG_ALIGNTO)));
+    memset(buf, 0, sizeof buf);
+    struct nlmsghdr *n = (struct nlmsghdr *)buf;
+    n->nlmsg_len = NLMSG_LENGTH(sizeof(struct ifinfomsg));
+    n->nlmsg_type = RTM_NEWLINK;
+    n->nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL;
+    struct ifinfomsg *ifi = NLMSG_DATA(n);
+    ifi->ifi_family = AF_UNSPEC;
+    ifi->ifi_flags = ifi->ifi_change = IFF_UP;
+    nl_attr(n, sizeof buf, IFLA_IFNAME, opt.veth, strlen(opt.veth) + 1);
+    nl_attr(n, sizeof buf, IFLA_MASTER, &master, sizeof master);
+    struct rtattr *info = nl_nest(n, sizeof buf, IFLA_LINKINFO);
+    nl_attr(n, sizeof buf, IFLA_INFO_KIND, "veth", 4);
+    struct rtattr *data = nl_nest(n, sizeof buf, IFLA_INFO_DATA);
+    struct rtattr *peer = nl_nest(n, sizeof buf, VETH_INFO_PEER);
+    n->nlmsg_len += (unsigned)NLMSG_ALIGN(sizeof(struct ifinfomsg)); /* the peer's, zeroed */
+    nl_attr(n, sizeof buf, IFLA_IFNAME, "eth0", 5);
+    unsigned nsfd = (unsigned)netns_fd;
+    nl_attr(n, sizeof buf, IFLA_NET_NS_FD, &nsfd, sizeof nsfd);
+    nl_end(n, peer);
+    nl_end(n, data);
+    nl_end(n, info);
+    if (send(host_nl, n, n->nlmsg_len, 0) < 0) die("netlink send: %m");
+    char reply[4096];
+    ssize_t r = recv(host_nl, reply, sizeof reply, 0);
+    struct nlmsghdr *h = (struct nlmsghdr *)reply;
+    if (r < (ssize_t)NLMSG_LENGTH(sizeof(struct nlmsgerr)) || h->nlmsg_type != NLMSG_ERROR) die("netlink: no answer");
+    int err = ((struct nlmsgerr *)NLMSG_DATA(h))->error;
+    if (err) {
+        errno = -err;
+        die("create veth %s on %s: %m", opt.veth, opt.bridge);
+    }
+}
+
+static void set_inaddr(struct sockaddr *sa, const char *ip) {
+    struct sockaddr_in *in = (struct sockaddr_in *)sa;
+    memset(in, 0, sizeof *in);
+    in->sin_family = AF_INET;
+    if (inet_pton(AF_INET, ip, &in->sin_addr) != 1) die("bad address %s", ip);
+}
+
+/* Address eth0, bring it up and route through the gateway (netdevice(7), route ioctls). */
+static void eth0_configure(void) {
+    int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof ifr);
+    strcpy(ifr.ifr_name, "eth0");
+    set_inaddr(&ifr.ifr_addr, opt.addr);
+    if (s < 0 || ioctl(s, SIOCSIFADDR, &ifr) < 0) die("eth0 address: %m");
+    char mask[16];
+    uint32_t m = opt.prefixlen ? htonl((uint32_t)(0xffffffffUL << (32 - opt.prefixlen))) : 0;
+    inet_ntop(AF_INET, &m, mask, sizeof mask);
+    set_inaddr(&ifr.ifr_netmask, mask);
+    if (ioctl(s, SIOCSIFNETMASK, &ifr) < 0) die("eth0 netmask: %m");
+    if (ioctl(s, SIOCGIFFLAGS, &ifr) < 0) die("eth0 flags: %m");
+    ifr.ifr_flags |= IFF_UP | IFF_RUNNING;
+    if (ioctl(s, SIOCSIFFLAGS, &ifr) < 0) die("eth0 up: %m");
+    struct rtentry rt;
+    memset(&rt, 0, sizeof rt);
+    set_inaddr(&rt.rt_dst, "0.0.0.0");
+    set_inaddr(&rt.rt_genmask, "0.0.0.0");
+    set_inaddr(&rt.rt_gateway, opt.gateway);
+    rt.rt_flags = RTF_UP | RTF_GATEWAY;
+    rt.rt_dev = (char *)"eth0";
+    if (ioctl(s, SIOCADDRT, &rt) < 0) die("default route via %s: %m", opt.gateway);
+    close(s);
+}
+
 /* --- PID 1 ---------------------------------------------------------------------------------- */
 
 struct stream { int fd; const char *name; char buf[16384]; size_t len; };
@@ -496,8 +611,25 @@ static int run_main(void) {
     state_fd = open(opt.state, O_DIRECTORY | O_PATH | O_CLOEXEC);
     if (state_fd < 0) die("open state directory %s: %m", opt.state);
     join_cgroups(getpid());
+    int host_nl = -1;
+    unsigned bridge_index = 0;
+    if (opt.veth) {
+        if (!opt.bridge || !opt.addr || !opt.gateway) die("networking needs --net-bridge, --net-addr and --net-gateway");
+        host_nl = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE);
+        if (host_nl < 0) die("netlink: %m");
+        bridge_index = if_nametoindex(opt.bridge); /* in the host's namespace, so before unshare */
+        if (!bridge_index) die("bridge %s: %m", opt.bridge);
+    }
     if (unshare(CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET | CLONE_NEWCGROUP | CLONE_NEWPID) < 0)
         die("unshare: %m");
+    if (opt.veth) {
+        int ns = open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC);
+        if (ns < 0) die("open own netns: %m");
+        veth_create(host_nl, ns, bridge_index);
+        close(ns);
+        close(host_nl);
+        eth0_configure();
+    }
     pid_t init = fork();
     if (init < 0) die("fork: %m");
     if (init == 0) {
