@@ -246,9 +246,9 @@ class AppListView(APIView):
         """Create an app (in your personal team unless `team` is given); it starts at v1."""
         user = _user(request)
         data = _body(request, required=("name",), optional=("team",))
-        team = authz.team_get(user, data["team"]) if data.get("team") else None
         if data.get("team") is not None and not isinstance(data["team"], str):
             raise invalid_field("team", "team must be a team name.")
+        team = authz.team_get(user, data["team"]) if data.get("team") else None
         app = actions.app_create(actor=user, name=data["name"], team=team)
         return Response(_app_data(request, app), status=201)
 
