@@ -54,3 +54,17 @@ def test_it_records_a_requested_reconcile(deployed) -> None:
 def test_it_returns_quietly_when_the_app_is_gone(db) -> None:
     tasks.app_reconcile.run(app_id=123456)
     tasks.host_reconcile.run(host_id=123456)
+
+
+def test_it_keeps_a_committed_change_when_the_broker_is_away(acme, deployed, monkeypatch, caplog, django_capture_on_commit_callbacks) -> None:
+    from kombu.exceptions import OperationalError
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise OperationalError("Error 111 connecting to 127.0.0.1:1. Connection refused.")
+
+    monkeypatch.setattr(tasks.app_reconcile, "apply_async", refuse)
+    with django_capture_on_commit_callbacks(execute=True):
+        actions.formation_scale(actor=acme.member, app=deployed,
+                                updates=[{"type": "web", "quantity": 4}])
+    assert deployed.formation.get(type="web").quantity == 4
+    assert "could not enqueue core.app_reconcile" in caplog.text
