@@ -21,6 +21,9 @@ class Credentials:
     server: str
     token: str
     username: str = ""
+    # True when `paas login` made the token from a password: `paas logout` then revokes it.
+    # A token given with --token may be in use elsewhere and is only forgotten.
+    revoke_on_logout: bool = False
 
 
 def config_dir(environ: dict[str, str] | None = None) -> Path:
@@ -50,6 +53,7 @@ def load(path: Path | None = None) -> Credentials | None:
         return Credentials(
             server=str(data["server"]), token=str(data["token"]),
             username=str(data.get("username", "")),
+            revoke_on_logout=data.get("revoke_on_logout") is True,
         )
     except (ValueError, KeyError, TypeError):
         raise CredentialsError(
@@ -63,7 +67,9 @@ def save(creds: Credentials, path: Path | None = None) -> Path:
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     body = json.dumps(
-        {"server": creds.server, "token": creds.token, "username": creds.username}, indent=2
+        {"server": creds.server, "token": creds.token, "username": creds.username,
+         "revoke_on_logout": creds.revoke_on_logout},
+        indent=2,
     )
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:

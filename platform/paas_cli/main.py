@@ -174,6 +174,7 @@ def login(server: str | None, token: str | None) -> None:
     url = normalize_server(server) if server else (
         _env_server() or (stored.server if stored else DEFAULT_SERVER)
     )
+    made_here = token is None
     if token is not None:
         token = token.strip()
         if not token:
@@ -190,18 +191,39 @@ def login(server: str | None, token: str | None) -> None:
         token = str(answer["token"])
         account = answer.get("user") or {"username": username}
     name = str(account.get("username", ""))
-    path = credentials.save(Credentials(server=url, token=token, username=name))
+    path = credentials.save(Credentials(
+        server=url, token=token, username=name, revoke_on_logout=made_here,
+    ))
     output.say(f"Logged in to {url} as {name}.")
     output.error(f"Token stored in {path}.")
 
 
 @cli.command()
 def logout() -> None:
-    """Forget the stored token."""
+    """Forget the stored token, and revoke it when `paas login` made it from a password."""
+    try:
+        stored = credentials.load()
+    except CredentialsError:
+        stored = None
+    if stored is not None and stored.revoke_on_logout:
+        try:
+            _revoke_own_token(stored)
+        except ApiError as exc:
+            # Logging out must work with the server down too: forget the token anyway.
+            output.error(f"paas: could not revoke the token on the server: {exc}")
     if credentials.delete():
         output.say("Logged out.")
     else:
         output.say("You were not logged in.")
+
+
+def _revoke_own_token(stored: Credentials) -> None:
+    with ApiClient(stored.server, stored.token, timeout=10) as api:
+        tokens = api.get("/tokens")
+        mine = [t for t in tokens if isinstance(t, dict)
+                and stored.token.startswith(str(t.get("prefix") or "\0"))]
+        if len(mine) == 1:
+            api.delete(f"/tokens/{segment(str(mine[0]['id']))}")
 
 
 @cli.command()

@@ -180,6 +180,7 @@ PEOPLE = {
     "alice": False, "bob": False, "carol": False, "dave": False, "owner": False,
     "stranger": False, "eve": False, "frank": False, "grace": False, "heidi": False,
     "ivan": False, "judy": False, "kim": False, "root": True, "plain": False, "lena": False,
+    "mona": False,
 }
 
 
@@ -456,3 +457,21 @@ def test_it_asks_for_the_password_on_a_terminal_without_echoing_it(
     assert f"Logged in to {server.url} as {lena.name}." in screen
     assert PASSWORD not in screen
     assert (lena.home / "config" / "paas" / "credentials.json").exists()
+
+
+def test_it_revokes_a_token_made_by_a_password_login_on_logout_but_not_a_given_one(
+    make_user: Callable[..., User], server: Server,
+) -> None:
+    mona: User = make_user("mona", login=False)
+    mona.paas("login", "--server", server.url, stdin=f"{mona.name}\n{PASSWORD}\n")
+    creds = mona.home / "config" / "paas" / "credentials.json"
+    made = json.loads(creds.read_text())["token"]
+    assert mona.paas("logout").stdout == "Logged out.\n"
+    assert not creds.exists()
+    account = server.url + "/api/v1/account"
+    assert httpx.get(account, headers={"Authorization": f"Bearer {made}"}).status_code == 401
+
+    mona.login()  # with --token: that token may be in use elsewhere, so it stays valid
+    mona.paas("logout")
+    assert httpx.get(account, headers={"Authorization": f"Bearer {mona.token}"}).status_code == 200
+    assert mona.paas("logout").stdout == "You were not logged in.\n"

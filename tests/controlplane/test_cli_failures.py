@@ -203,3 +203,15 @@ def test_it_refuses_a_destroy_whose_confirmation_does_not_match(
     result = run_paas(tmp_path, "apps:destroy", "-a", "demo", "--confirm", "other", env=env)
     assert_one_clear_line(result, "does not match")
     assert canned.requests == []
+
+
+def test_it_logs_out_even_when_the_server_is_down(tmp_path: Path) -> None:
+    creds = tmp_path / "config" / "paas" / "credentials.json"
+    creds.parent.mkdir(parents=True)
+    creds.write_text(json.dumps({"server": f"http://127.0.0.1:{closed_port()}",
+                                 "token": "paas_x", "revoke_on_logout": True}))
+    result = run_paas(tmp_path, "logout")
+    assert result.returncode == 0
+    assert result.stdout == "Logged out.\n"
+    assert "could not revoke the token" in result.stderr
+    assert not creds.exists()

@@ -29,6 +29,15 @@ def test_it_stores_credentials_under_xdg_config_home_readable_by_the_owner_only(
     assert credentials.load(path) == Credentials("http://127.0.0.1:8000", "paas_secret", "alice")
 
 
+def test_it_remembers_whether_logout_should_revoke_the_token(tmp_path: Path) -> None:
+    path = tmp_path / "credentials.json"
+    credentials.save(Credentials("http://x", "t", "bo", revoke_on_logout=True), path)
+    assert credentials.load(path) == Credentials("http://x", "t", "bo", revoke_on_logout=True)
+    path.write_text('{"server": "http://x", "token": "t"}')  # written before the flag existed
+    loaded = credentials.load(path)
+    assert loaded is not None and loaded.revoke_on_logout is False
+
+
 def test_it_falls_back_to_dot_config_in_home(tmp_path: Path) -> None:
     for xdg in ("", "relative/dir"):
         env = {"XDG_CONFIG_HOME": xdg, "HOME": str(tmp_path)}
