@@ -10,7 +10,7 @@ from core import authz, validators
 from core.actions._common import audit
 from core.actions.releases import release_create
 from core.authz import Verb
-from core.errors import Conflict, Invalid, invalid_field
+from core.errors import Conflict, invalid_field
 from core.models import App, Build, BuildStatus, Release
 
 if TYPE_CHECKING:
@@ -63,7 +63,7 @@ def build_finish(
         ).update(
             status=BuildStatus.SUCCEEDED if succeeded else BuildStatus.FAILED,
             image_digest=image_digest if succeeded else "",
-            process_types=process_types or {} if succeeded else {},
+            process_types=(process_types or {}) if succeeded else {},
             slug_size=slug_size,
             log=log[-LOG_MAX_CHARS:],
             finished_at=timezone.now(),
@@ -73,8 +73,8 @@ def build_finish(
         build.refresh_from_db()
         audit(actor=actor, action="build.finish", app=app,
               data={"build": build.pk, "status": build.status, "commit": build.commit})
-        if not succeeded:
-            return None
-        return release_create(actor=actor, app=app, build=build, config=app.config(),
-                              description=f"Deploy {build.commit[:7]}")
-    raise Invalid("unreachable")  # pragma: no cover
+        release = None
+        if succeeded:
+            release = release_create(actor=actor, app=app, build=build, config=app.config(),
+                                     description=f"Deploy {build.commit[:7]}")
+    return release
