@@ -496,7 +496,8 @@ class ClientConnection(asyncio.Protocol):
         plan = response_head(
             status, reason, headers,
             head_request=ex.head_request, client_http11=ex.http11,
-            client_keep_alive=ex.keep_alive and not self.closing and not self.worker.draining,
+            # An answer that comes before the upload ended (a 413, say) ends the connection too.
+            client_keep_alive=ex.keep_alive and ex.body_done and not self.closing and not self.worker.draining,
             via=self.worker.via, upgraded=upgraded,
         )
         ex.plan = plan

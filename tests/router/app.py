@@ -41,7 +41,7 @@ async def read_request(reader: asyncio.StreamReader) -> tuple[str, str, list[tup
                 break
             body += await reader.readexactly(size)
             await reader.readline()
-    elif "content-length" in lower and urlsplit(target).path != "/continue":
+    elif "content-length" in lower and urlsplit(target).path not in ("/continue", "/early"):
         body = await reader.readexactly(int(lower["content-length"]))
     return method, target, headers, body
 
@@ -142,6 +142,10 @@ class App:
             sock = writer.get_extra_info("socket")
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             writer.transport.abort()
+            return False
+        elif path == "/early":  # refuses an upload without reading it, like a 413 would
+            writer.write(response(413, b"too big", "Connection: close\r\n", reason="Payload Too Large"))
+            await writer.drain()
             return False
         elif path == "/close-after":  # answers as if keeping the connection, then closes it
             writer.write(response(200, b"closing now"))

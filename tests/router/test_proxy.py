@@ -131,6 +131,34 @@ async def test_it_streams_a_chunked_upload_and_a_chunked_response() -> None:
 
 
 @run
+async def test_it_relays_an_answer_sent_before_the_upload_ended_and_closes() -> None:
+    app = await App().start()
+    async with running_router() as router:
+        router.set_app("web1", [app.endpoint])
+        client = await Client.connect(router.port)
+        await client.send(f"POST /early HTTP/1.1\r\nHost: web1.{DOMAIN}\r\nContent-Length: 10000000\r\n\r\n".encode())
+        await client.send(b"x" * 100_000)
+        response = await client.response()
+        assert (response.status, response.body) == (413, b"too big")
+        assert response.header("Connection") == "close"
+        assert await client.closed()
+        client.close()
+        assert (await get(router.port)).status == 200
+    await app.stop()
+
+
+@run
+async def test_it_streams_a_large_upload_intact() -> None:
+    app = await App().start()
+    async with running_router() as router:
+        router.set_app("web1", [app.endpoint])
+        body = bytes(range(256)) * 40_000  # about 10 MB
+        response = await get(router.port, path="/echo", body=body)
+        assert json.loads(response.body)["body_sha256"] == hashlib.sha256(body).hexdigest()
+    await app.stop()
+
+
+@run
 async def test_it_streams_a_large_response_to_a_slow_reader_intact() -> None:
     app = await App().start()
     async with running_router() as router:
