@@ -592,6 +592,34 @@ def _parent_fd(root_fd: int, parts: list[str], name: str) -> int:
     return fd
 
 
+class _ParentCache:
+    """The open directory of the last entry's parent: entries come grouped by directory.
+
+    One entry only, keyed by the exact parent path, so it is never stale: an entry can remove
+    or replace the cached directory (or one above it) only from a different parent, which
+    first moves the cache to that parent.
+    """
+
+    def __init__(self, root_fd: int) -> None:
+        self.root_fd = root_fd
+        self.key: tuple[str, ...] | None = None
+        self.fd = -1
+
+    def get(self, parts: list[str], name: str) -> int:
+        """Return a borrowed fd of the directory holding `parts[-1]` (the caller keeps it open)."""
+        key = tuple(parts[:-1])
+        if key != self.key:
+            self.close()
+            self.fd = _parent_fd(self.root_fd, parts, name)
+            self.key = key
+        return self.fd
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+        self.key, self.fd = None, -1
+
+
 def _remove_existing(dir_fd: int, leaf: str) -> None:
     try:
         st = os.stat(leaf, dir_fd=dir_fd, follow_symlinks=False)
@@ -621,6 +649,7 @@ def unpack_layer(stream: IO[bytes], dest: Path) -> None:
     as_root = os.geteuid() == 0
     root_fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     dir_modes: list[tuple[list[str], int, int, int, float]] = []
+    parents = _ParentCache(root_fd)
     try:
         try:
             tar = tarfile.open(fileobj=stream, mode="r|")  # noqa: SIM115 - closed below
@@ -636,11 +665,12 @@ def unpack_layer(stream: IO[bytes], dest: Path) -> None:
                 except tarfile.TarError as e:
                     raise UnsafeLayer(f"layer tar is malformed: {e}") from None
                 try:
-                    _unpack_member(tar, member, root_fd, as_root, dir_modes)
+                    _unpack_member(tar, member, root_fd, parents, as_root, dir_modes)
                 except (tarfile.TarError, EOFError) as e:
                     raise UnsafeLayer(f"layer tar is malformed at {member.name!r}: {e}") from None
         finally:
             tar.close()
+            parents.close()
         # Directory modes last, deepest first, so a read-only directory is filled before.
         for parts, mode, uid, gid, mtime in sorted(dir_modes, key=lambda t: -len(t[0])):
             pfd = _parent_fd(root_fd, parts, "/".join(parts))
@@ -659,6 +689,7 @@ def _unpack_member(
     tar: tarfile.TarFile,
     member: tarfile.TarInfo,
     root_fd: int,
+    parents: _ParentCache,
     as_root: bool,
     dir_modes: list[tuple[list[str], int, int, int, float]],
 ) -> None:
@@ -669,83 +700,80 @@ def _unpack_member(
     if member.ischr() or member.isblk():
         raise UnsafeLayer(f"layer entry {name!r} is a device node; layers may not hold devices")
     leaf = parts[-1]
-    pfd = _parent_fd(root_fd, parts, name)
-    try:
-        if leaf == OPAQUE_MARKER:
-            if as_root:
-                dfd = os.open(".", os.O_RDONLY | os.O_DIRECTORY, dir_fd=pfd)
-                try:
-                    os.setxattr(dfd, "trusted.overlay.opaque", b"y")
-                finally:
-                    os.close(dfd)
-            return
-        if leaf.startswith(WHITEOUT_PREFIX):
-            target = leaf[len(WHITEOUT_PREFIX) :]
-            if target in ("", ".", ".."):
-                raise UnsafeLayer(f"layer entry {name!r} is a whiteout of nothing")
-            _remove_existing(pfd, target)
-            if as_root:
-                os.mknod(target, stat.S_IFCHR | 0o000, os.makedev(0, 0), dir_fd=pfd)
-            return
-        mode = member.mode & 0o7777
-        if member.isdir():
-            try:
-                st = os.stat(leaf, dir_fd=pfd, follow_symlinks=False)
-                if not stat.S_ISDIR(st.st_mode):
-                    _remove_existing(pfd, leaf)
-                    os.mkdir(leaf, 0o700, dir_fd=pfd)
-            except FileNotFoundError:
-                os.mkdir(leaf, 0o700, dir_fd=pfd)
-            dir_modes.append((parts, mode, member.uid, member.gid, float(member.mtime)))
-            return
-        _remove_existing(pfd, leaf)
-        if member.isfile():
-            src = tar.extractfile(member)
-            assert src is not None
-            fd = os.open(
-                leaf, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=pfd
-            )
-            with os.fdopen(fd, "wb") as out:
-                shutil.copyfileobj(src, out, _CHUNK)
-        elif member.issym():
-            if "\x00" in member.linkname:
-                raise UnsafeLayer(f"layer entry {name!r} has a NUL byte in its link target")
-            os.symlink(member.linkname, leaf, dir_fd=pfd)
-        elif member.islnk():
-            target_parts = _clean_member_name(member.linkname)
-            if not target_parts:
-                raise UnsafeLayer(f"layer entry {name!r} is a hard link to the layer root")
-            tfd = _parent_fd(root_fd, target_parts, member.linkname)
-            try:
-                try:
-                    st = os.stat(target_parts[-1], dir_fd=tfd, follow_symlinks=False)
-                except FileNotFoundError:
-                    raise UnsafeLayer(
-                        f"layer entry {name!r} links to {member.linkname!r}, which the layer "
-                        "does not hold"
-                    ) from None
-                if not stat.S_ISREG(st.st_mode):
-                    raise UnsafeLayer(
-                        f"layer entry {name!r} is a hard link to {member.linkname!r}, "
-                        "which is not a regular file"
-                    )
-                os.link(
-                    target_parts[-1], leaf, src_dir_fd=tfd, dst_dir_fd=pfd, follow_symlinks=False
-                )
-            finally:
-                os.close(tfd)
-            return  # a hard link shares its target's owner and mode
-        elif member.isfifo():
-            os.mkfifo(leaf, 0o600, dir_fd=pfd)
-        else:
-            raise UnsafeLayer(f"layer entry {name!r} has an unsupported type {member.type!r}")
+    pfd = parents.get(parts, name)
+    if leaf == OPAQUE_MARKER:
         if as_root:
-            os.chown(leaf, member.uid, member.gid, dir_fd=pfd, follow_symlinks=False)
-        if not member.issym():
-            os.chmod(leaf, mode, dir_fd=pfd)
-        os.utime(leaf, (member.mtime, member.mtime), dir_fd=pfd, follow_symlinks=False)
-    finally:
-        os.close(pfd)
+            dfd = os.open(".", os.O_RDONLY | os.O_DIRECTORY, dir_fd=pfd)
+            try:
+                os.setxattr(dfd, "trusted.overlay.opaque", b"y")
+            finally:
+                os.close(dfd)
+        return
+    if leaf.startswith(WHITEOUT_PREFIX):
+        target = leaf[len(WHITEOUT_PREFIX) :]
+        if target in ("", ".", ".."):
+            raise UnsafeLayer(f"layer entry {name!r} is a whiteout of nothing")
+        _remove_existing(pfd, target)
+        if as_root:
+            os.mknod(target, stat.S_IFCHR | 0o000, os.makedev(0, 0), dir_fd=pfd)
+        return
+    mode = member.mode & 0o7777
+    if member.isdir():
+        try:
+            st = os.stat(leaf, dir_fd=pfd, follow_symlinks=False)
+            if not stat.S_ISDIR(st.st_mode):
+                _remove_existing(pfd, leaf)
+                os.mkdir(leaf, 0o700, dir_fd=pfd)
+        except FileNotFoundError:
+            os.mkdir(leaf, 0o700, dir_fd=pfd)
+        dir_modes.append((parts, mode, member.uid, member.gid, float(member.mtime)))
+        return
+    _remove_existing(pfd, leaf)
+    if member.isfile():
+        src = tar.extractfile(member)
+        assert src is not None
+        fd = os.open(
+            leaf, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=pfd
+        )
+        with os.fdopen(fd, "wb") as out:
+            shutil.copyfileobj(src, out, _CHUNK)
+    elif member.issym():
+        if "\x00" in member.linkname:
+            raise UnsafeLayer(f"layer entry {name!r} has a NUL byte in its link target")
+        os.symlink(member.linkname, leaf, dir_fd=pfd)
+    elif member.islnk():
+        target_parts = _clean_member_name(member.linkname)
+        if not target_parts:
+            raise UnsafeLayer(f"layer entry {name!r} is a hard link to the layer root")
+        tfd = _parent_fd(root_fd, target_parts, member.linkname)
+        try:
+            try:
+                st = os.stat(target_parts[-1], dir_fd=tfd, follow_symlinks=False)
+            except FileNotFoundError:
+                raise UnsafeLayer(
+                    f"layer entry {name!r} links to {member.linkname!r}, which the layer "
+                    "does not hold"
+                ) from None
+            if not stat.S_ISREG(st.st_mode):
+                raise UnsafeLayer(
+                    f"layer entry {name!r} is a hard link to {member.linkname!r}, "
+                    "which is not a regular file"
+                )
+            os.link(
+                target_parts[-1], leaf, src_dir_fd=tfd, dst_dir_fd=pfd, follow_symlinks=False
+            )
+        finally:
+            os.close(tfd)
+        return  # a hard link shares its target's owner and mode
+    elif member.isfifo():
+        os.mkfifo(leaf, 0o600, dir_fd=pfd)
+    else:
+        raise UnsafeLayer(f"layer entry {name!r} has an unsupported type {member.type!r}")
+    if as_root:
+        os.chown(leaf, member.uid, member.gid, dir_fd=pfd, follow_symlinks=False)
+    if not member.issym():
+        os.chmod(leaf, mode, dir_fd=pfd)
+    os.utime(leaf, (member.mtime, member.mtime), dir_fd=pfd, follow_symlinks=False)
 
 
 # -- command line ----------------------------------------------------------------------------

@@ -96,6 +96,21 @@ def test_it_refuses_writing_through_a_relative_symlink(sandbox: tuple[Path, Path
     assert _untouched(victim)
 
 
+def test_it_refuses_writing_into_a_directory_replaced_by_a_symlink(
+    sandbox: tuple[Path, Path],
+) -> None:
+    dest, victim = sandbox
+    tar = _tar(
+        _special("d", tarfile.DIRTYPE),
+        _file("d/first", b"1"),
+        _special("d", tarfile.SYMTYPE, str(victim)),
+        _file("d/second", b"2"),
+    )
+    with pytest.raises(UnsafeLayer, match="through a symlink"):
+        unpack_layer(tar, dest)
+    assert _untouched(victim)
+
+
 def test_it_replaces_a_symlink_with_a_file_instead_of_following_it(
     sandbox: tuple[Path, Path],
 ) -> None:
