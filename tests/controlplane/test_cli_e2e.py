@@ -287,6 +287,12 @@ def test_it_refuses_a_malformed_key_value_pair(make_user: Callable[..., User]) -
     out = carol.paas("config:set", "-a", app, "GOOD=1", "BAD", ok=False)
     assert "'BAD' is not KEY=VALUE" in out.stderr
     assert carol.json("config", "-a", app) == {}
+    carol.paas("config:set", "-a", app, "GOOD=1", "ALSO=x=y")
+    out = carol.paas("config:unset", "-a", app, "GOOD")
+    assert f"Unset GOOD on {app}; released v3." in out.stdout
+    assert carol.json("config", "-a", app) == {"ALSO": "x=y"}
+    out = carol.paas("config:get", "-a", app, "GOOD", ok=False)
+    assert f"{app} has no config var GOOD" in out.stderr
 
 
 def test_it_says_an_unknown_app_is_not_found(make_user: Callable[..., User]) -> None:
