@@ -165,7 +165,10 @@ async def test_it_streams_a_large_response_to_a_slow_reader_intact() -> None:
         router.set_app("web1", [app.endpoint])
         client = await Client.connect(router.port)
         await client.send(f"GET /big?kb=8192 HTTP/1.1\r\nHost: web1.{DOMAIN}\r\n\r\n".encode())
-        await asyncio.sleep(0.3)  # the client is not reading: the router must hold back, not buffer
+        await asyncio.sleep(0.5)  # the client is not reading: the router must hold back, not buffer
+        (conn,) = router.worker.clients
+        assert conn.transport is not None
+        assert conn.transport.get_write_buffer_size() < 1024 * 1024  # far less than the 8 MiB body
         response = await client.response()
         assert len(response.body) == 8192 * 1024 and set(response.body) == {ord("x")}
         client.close()
