@@ -115,6 +115,8 @@ REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "restapi.errors.exception_handler",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }
+# Password logins per client address (`N/second|minute|hour|day`; empty: no limit).
+PAAS_LOGIN_RATE = env_str("PAAS_LOGIN_RATE", "10/minute")
 # A config PATCH may carry 500 values of 32 KiB; anything bigger is refused with 413.
 DATA_UPLOAD_MAX_MEMORY_SIZE = 20 * 1024 * 1024
 SPECTACULAR_SETTINGS = {

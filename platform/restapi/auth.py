@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth.models import User
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions
 from rest_framework.request import Request
+from rest_framework.throttling import SimpleRateThrottle
 
 from core.models import ApiToken
 from core.models.api_token import TOKEN_PREFIX, token_digest
@@ -55,3 +57,20 @@ class BearerTokenScheme(OpenApiAuthenticationExtension):  # type: ignore[no-unty
 
     def get_security_definition(self, auto_schema: Any) -> dict[str, str]:
         return {"type": "http", "scheme": "bearer", "bearerFormat": "paas_<40 chars>"}
+
+
+class LoginRateThrottle(SimpleRateThrottle):
+    """Limit password logins per client address (PAAS_LOGIN_RATE), against password guessing.
+
+    The counters live in Django's cache: with the default local-memory cache each web process
+    counts on its own.
+    """
+
+    scope = "login"
+
+    def get_rate(self) -> str | None:
+        rate: str = settings.PAAS_LOGIN_RATE
+        return rate or None
+
+    def get_cache_key(self, request: Request, view: Any) -> str | None:
+        return self.cache_format % {"scope": self.scope, "ident": self.get_ident(request)}

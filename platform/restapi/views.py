@@ -23,6 +23,7 @@ from core.authz import Verb
 from core.errors import Invalid, NotFound, invalid_field
 from core.models import ApiToken, App, AuditEvent, Container, Host, Membership, Team
 from restapi import serializers as s
+from restapi.auth import LoginRateThrottle
 
 EVENTS_DEFAULT = 100
 EVENTS_MAX = 1000
@@ -70,6 +71,7 @@ _LIMIT = OpenApiParameter("limit", OpenApiTypes.INT, description=f"at most {EVEN
 class LoginView(APIView):
     authentication_classes: list[type] = []
     permission_classes = [permissions.AllowAny]
+    throttle_classes = [LoginRateThrottle]
 
     def get_authenticate_header(self, request: Request) -> str:
         # A wrong password is a 401 (DRF would make it 403 for a view without authentication).

@@ -63,6 +63,16 @@ def deployed(acme: Acme, web1: App) -> App:
 
 
 @pytest.fixture(autouse=True)
+def _fresh_login_counters() -> Any:
+    # Login throttling counts in the cache, which outlives a test.
+    from django.core.cache import cache
+
+    cache.clear()
+    yield
+    cache.clear()
+
+
+@pytest.fixture(autouse=True)
 def _fast_password_hashing(settings: Any) -> None:
     # The default PBKDF2 hasher costs a few hundred milliseconds per password on purpose.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

@@ -417,3 +417,17 @@ def test_it_serves_the_openapi_schema_with_every_endpoint() -> None:
 def test_it_serves_the_interactive_api_docs_page() -> None:
     response = APIClient().get("/api/v1/docs/")
     assert response.status_code == 200 and b"/api/v1/schema" in response.content
+
+
+def test_it_slows_down_password_guessing(acme, settings) -> None:
+    from django.core.cache import cache
+
+    settings.PAAS_LOGIN_RATE = "3/minute"
+    cache.clear()
+    client = APIClient()
+    answers = [client.post("/api/v1/auth/login", {"username": "olive", "password": f"guess{i}"},
+                           format="json") for i in range(4)]
+    assert [a.status_code for a in answers] == [401, 401, 401, 429]
+    assert_error(answers[-1], 429, "throttled")
+    assert int(answers[-1]["Retry-After"]) > 0
+    cache.clear()
