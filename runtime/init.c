@@ -7,9 +7,10 @@
  *   paas-init run  [options] -- command args...   create namespaces, build the root, be PID 1
  *   paas-init exec [options] -- command args...   enter a running container and run a command
  *
- * run: the outer process joins the container's cgroups, unshares the mount, UTS, IPC, network,
- * cgroup and PID namespaces and forks the init, writes the init's pid ("pid N\n") to the sync
- * socket (fd 3) and exits; the daemon is a child subreaper, so the init becomes its child. The
+ * run: the outer process unshares the mount, UTS, IPC, network and PID namespaces, forks the
+ * init, moves it into the container's cgroups (while the init builds the root; the init then
+ * unshares its cgroup namespace), writes the init's pid ("pid N\n") to the sync socket (fd 3)
+ * and exits; the daemon is a child subreaper, so the init becomes its child. The
  * init mounts the overlay root, /proc, /sys, /dev, pivots into it, masks /proc paths, then waits
  * for a "go" byte on the sync socket (the daemon plugs in networking meanwhile; `--wait none`
  * skips this for a container without networking), forks the app
@@ -132,13 +133,23 @@ static void parse(int argc, char **argv) {
     if (opt.uid == 0) die("refusing to run the app as root");
 }
 
+/* Open the cgroup.procs files while the host's mounts are in view: the setup process shares its
+ * mount namespace with the init, which pivots away from them. */
+static int cgroup_fds[MAX_LIST];
+
+static void open_cgroups(void) {
+    for (int i = 0; i < opt.ncgroups; i++) {
+        cgroup_fds[i] = open(opt.cgroups[i], O_WRONLY | O_CLOEXEC);
+        if (cgroup_fds[i] < 0) die("cannot open cgroup %s: %m", opt.cgroups[i]);
+    }
+}
+
 static void join_cgroups(pid_t pid) {
     char buf[32];
     int n = snprintf(buf, sizeof buf, "%d\n", pid);
     for (int i = 0; i < opt.ncgroups; i++) {
-        int fd = open(opt.cgroups[i], O_WRONLY | O_CLOEXEC);
-        if (fd < 0 || write(fd, buf, (size_t)n) != n) die("cannot join cgroup %s: %m", opt.cgroups[i]);
-        close(fd);
+        if (write(cgroup_fds[i], buf, (size_t)n) != n) die("cannot join cgroup %s: %m", opt.cgroups[i]);
+        close(cgroup_fds[i]);
     }
 }
 
@@ -532,9 +543,15 @@ static void record_exit(int status) {
     }
 }
 
-static void init_main(void) {
+static void init_main(int joined_fd) {
     loopback_up();
     build_root();
+    /* The setup process moves us into the container's cgroups while we build the root (a v1
+     * migration waits for an RCU grace period); the app must not start before that. */
+    char joined;
+    if (read(joined_fd, &joined, 1) != 1) _exit(125);
+    close(joined_fd);
+    if (unshare(CLONE_NEWCGROUP) < 0) die("unshare cgroup namespace: %m");
     char go;
     if (opt.wait_go && read(sync_fd, &go, 1) != 1) _exit(125); /* the daemon gave up on us */
     int out[2], err[2], ep[2];
@@ -610,7 +627,9 @@ static int run_main(void) {
         die("run needs --root, --upper, --work, --state and at least one --lower");
     state_fd = open(opt.state, O_DIRECTORY | O_PATH | O_CLOEXEC);
     if (state_fd < 0) die("open state directory %s: %m", opt.state);
-    join_cgroups(getpid());
+    open_cgroups();
+    int joined[2];
+    if (pipe2(joined, O_CLOEXEC) < 0) die("pipe: %m");
     int host_nl = -1;
     unsigned bridge_index = 0;
     if (opt.veth) {
@@ -620,7 +639,7 @@ static int run_main(void) {
         bridge_index = if_nametoindex(opt.bridge); /* in the host's namespace, so before unshare */
         if (!bridge_index) die("bridge %s: %m", opt.bridge);
     }
-    if (unshare(CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET | CLONE_NEWCGROUP | CLONE_NEWPID) < 0)
+    if (unshare(CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET | CLONE_NEWPID) < 0)
         die("unshare: %m");
     if (opt.veth) {
         int ns = open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC);
@@ -633,11 +652,15 @@ static int run_main(void) {
     pid_t init = fork();
     if (init < 0) die("fork: %m");
     if (init == 0) {
-        /* If the daemon dies before we are running, do not linger. */
+        close(joined[1]);
         log_open();
         if (log_fd < 0) die("open container.log: %m");
-        init_main();
+        init_main(joined[0]);
     }
+    close(joined[0]);
+    join_cgroups(init);
+    if (write(joined[1], "j", 1) != 1) die("tell the init: %m");
+    close(joined[1]);
     dprintf(sync_fd, "pid %d\n", init);
     return 0;
 }
@@ -657,6 +680,7 @@ static int exec_main(void) {
         fds[i] = open(p, O_RDONLY | O_CLOEXEC);
         if (fds[i] < 0) die("open %s: %m", p);
     }
+    open_cgroups();
     join_cgroups(getpid());
     for (int i = 0; i < 6; i++)
         if (setns(fds[i], 0) < 0) die("setns %s: %m", kinds[i]);
