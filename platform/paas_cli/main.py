@@ -127,9 +127,7 @@ def team_option(func: F) -> F:
 
 
 def _personal_team(api: ApiClient) -> str:
-    stored = credentials.load()
-    if stored and stored.username and stored.server == api.server:
-        return stored.username
+    """The name of the personal team of whoever the token belongs to (named after them)."""
     account = api.get("/account")
     return str(account["username"])
 

@@ -366,6 +366,9 @@ def test_it_manages_teams_and_members(make_user: Callable[..., User]) -> None:
     judy: User = make_user("judy")
     team = _unique("team")
     ivan.paas("teams:create", team)
+    # Without --team: the personal team, named after the user.
+    assert ivan.json("members") == [{"username": ivan.name, "email": f"{ivan.name}@example.com",
+                                     "role": "owner"}]
     assert team in [t["name"] for t in ivan.json("teams")]
     ivan.paas("members:add", judy.name, "--team", team, "--role", "viewer")
     roles = {m["username"]: m["role"] for m in ivan.json("members", "-t", team)}
