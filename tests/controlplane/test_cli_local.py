@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -122,3 +123,20 @@ def test_it_removes_the_remote_only_when_it_points_at_the_destroyed_app(repo: Pa
     assert gitremote.remote_url(repo) is not None
     assert gitremote.remove_remote_if_app("demo", repo) is True
     assert gitremote.remote_url(repo) is None
+
+
+def test_it_is_a_pure_http_client_that_runs_without_django() -> None:
+    code = (
+        "import sys\n"
+        "class NoDjango:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('django', 'rest_framework', 'core', 'restapi'):\n"
+        "            raise ImportError(name + ' is absent')\n"
+        "sys.meta_path.insert(0, NoDjango())\n"
+        "from paas_cli.main import main\n"
+        "sys.exit(main(['--help']))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "apps:create" in result.stdout
