@@ -431,3 +431,11 @@ def test_it_slows_down_password_guessing(acme, settings) -> None:
     assert_error(answers[-1], 429, "throttled")
     assert int(answers[-1]["Retry-After"]) > 0
     cache.clear()
+
+
+def test_it_generates_a_valid_schema_without_warnings(tmp_path) -> None:
+    from django.core.management import call_command
+
+    out = tmp_path / "schema.yaml"
+    call_command("spectacular", "--validate", "--fail-on-warn", "--file", str(out))
+    assert "/api/v1/apps/{app}/releases/rollback/" in out.read_text()
