@@ -61,6 +61,9 @@ class RequestInfo:
 
 
 def _tokens(value: bytes) -> set[bytes]:
+    if b"," not in value:  # the usual `keep-alive` or `close`
+        token = value.strip().lower()
+        return {token} if token else set()
     return {t.strip().lower() for t in value.split(b",") if t.strip()}
 
 

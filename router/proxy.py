@@ -221,6 +221,8 @@ class ClientConnection(asyncio.Protocol):
         self.on_deadline: Callable[[], None] | None = None
         self.batch: list[bytes] | None = None  # writes gathered while an app chunk is parsed
         self.loop = asyncio.get_event_loop()
+        self.max_header_bytes = worker.config.max_header_bytes
+        self.max_headers = worker.config.max_headers
 
     # --- connection events -------------------------------------------------------------------
 
@@ -308,9 +310,10 @@ class ClientConnection(asyncio.Protocol):
             raise _Stop
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
+        headers = self.headers
+        headers.append((name, value))
         self.header_bytes += len(name) + len(value) + 4
-        if self.header_bytes > self.config.max_header_bytes or len(self.headers) > self.config.max_headers:
+        if self.header_bytes > self.max_header_bytes or len(headers) > self.max_headers:
             self.refusal = (431, "headers_too_large", ERRORS["headers_too_large"][1])
             raise _Stop
 
