@@ -659,9 +659,10 @@ static int run_main(void) {
     }
     close(joined[0]);
     join_cgroups(init);
+    /* "pid" first: the init answers on the same socket as soon as it may go on. */
+    dprintf(sync_fd, "pid %d\n", init);
     if (write(joined[1], "j", 1) != 1) die("tell the init: %m");
     close(joined[1]);
-    dprintf(sync_fd, "pid %d\n", init);
     return 0;
 }
 
