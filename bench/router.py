@@ -6,7 +6,11 @@ serving a tiny static answer (the app), an nginx reverse proxy with keep-alive t
 `python -m router`, both proxies with the same number of worker processes. wrk then measures the
 app directly, through nginx and through the router, one after the other in the same run.
 
-    python bench/router.py [--duration 10] [--connections 64] [--workers 2] [--json]
+    python bench/router.py [--duration 5] [--rounds 3] [--connections 64] [--light-connections 4]
+                            [--workers 2] [--json]
+
+Throughput is measured saturated (--connections); latency also at light load
+(--light-connections), where queueing does not hide what the proxy adds.
 """
 
 from __future__ import annotations
@@ -142,7 +146,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
     parser.add_argument("--rounds", type=int, default=3, help="runs per target, taken in turns")
-    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--connections", type=int, default=64, help="for throughput (saturated)")
+    parser.add_argument("--light-connections", type=int, default=4,
+                        help="for latency at light load, where queueing does not hide the proxy's cost")
     parser.add_argument("--threads", type=int, default=2, help="wrk threads")
     parser.add_argument("--workers", type=int, default=2, help="worker processes of each proxy")
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
@@ -190,14 +196,18 @@ def main() -> int:
         # The machine is shared and noisy: run the targets in turns, in a rotating order, and
         # keep each one's median round, so that a busy moment does not fall on one target only.
         rounds: dict[str, list[dict[str, float]]] = {name: [] for name in targets}
+        light: dict[str, list[dict[str, float]]] = {name: [] for name in targets}
         order = list(targets)
         for _ in range(args.rounds):
             for name in order:
                 rounds[name].append(run_wrk(f"http://127.0.0.1:{targets[name]}/", host, args.duration,
                                             args.connections, args.threads))
+                light[name].append(run_wrk(f"http://127.0.0.1:{targets[name]}/", host, args.duration,
+                                           args.light_connections, 1))
             order = order[1:] + order[:1]
         results = {name: median_round(runs) for name, runs in rounds.items()}
-        errors = {name: sum(int(r["errors"]) for r in runs) for name, runs in rounds.items()}
+        light_results = {name: median_round(runs) for name, runs in light.items()}
+        errors = {name: sum(int(r["errors"]) for r in runs + light[name]) for name, runs in rounds.items()}
         metrics = client.hgetall("paas:metrics:router:bench")
     finally:
         for proc in reversed(procs):
@@ -218,6 +228,11 @@ def main() -> int:
         "nginx_p99_ms": results["nginx"]["p99_ms"],
         "direct_p99_ms": results["direct"]["p99_ms"],
         "router_added_p99_ms": round(results["router"]["p99_ms"] - results["direct"]["p99_ms"], 3),
+        "router_light_p99_ms": light_results["router"]["p99_ms"],
+        "nginx_light_p99_ms": light_results["nginx"]["p99_ms"],
+        "direct_light_p99_ms": light_results["direct"]["p99_ms"],
+        "router_light_added_p99_ms": round(light_results["router"]["p99_ms"] - light_results["direct"]["p99_ms"], 3),
+        "nginx_light_added_p99_ms": round(light_results["nginx"]["p99_ms"] - light_results["direct"]["p99_ms"], 3),
         "errors": errors["router"],
         "nginx_errors": errors["nginx"],
         "router_requests_recorded": int(metrics.get(b"requests", 0)),
@@ -231,6 +246,10 @@ def main() -> int:
     for name in ("direct", "nginx", "router"):
         r = results[name]
         print(f"{name:<8} {r['rps']:>10.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {errors[name]:>7}")
+    print(f"\nlight load ({args.light_connections} connections): p50/p99 ms")
+    for name in ("direct", "nginx", "router"):
+        r = light_results[name]
+        print(f"{name:<8} {r['rps']:>10.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f}")
     print(f"router/nginx throughput ratio: {figures['ratio_vs_nginx']:.3f}"
           f"  (router workers: {args.workers}, nginx workers: {args.workers}, {args.connections} connections)")
     if args.json:
