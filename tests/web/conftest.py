@@ -37,6 +37,26 @@ class Acme:
         return getattr(self, persona)
 
 
+class _FailOnUndefined(str):
+    """A template `string_if_invalid` that fails the test instead of rendering nothing, so a
+    renamed or removed model attribute cannot quietly blank part of a page."""
+
+    def __contains__(self, key: object) -> bool:
+        return key == "%s"
+
+    def __mod__(self, variable: object) -> str:
+        raise AssertionError(f"undefined template variable: {variable}")
+
+
+@pytest.fixture(autouse=True)
+def _strict_templates(settings: Any) -> None:
+    templates = [dict(engine) for engine in settings.TEMPLATES]
+    for engine in templates:
+        engine["OPTIONS"] = {**engine.get("OPTIONS", {}),
+                             "string_if_invalid": _FailOnUndefined("%s")}
+    settings.TEMPLATES = templates
+
+
 @pytest.fixture(autouse=True)
 def _fast_password_hashing(settings: Any) -> None:
     # The default PBKDF2 hasher costs a few hundred milliseconds per password on purpose.

@@ -260,3 +260,17 @@ def test_it_sends_an_expired_htmx_poll_to_the_login_page_as_a_whole_page(client:
                           HTTP_HX_CURRENT_URL="http://testserver/apps/shop/logs/")
     assert response.status_code == 200 and response.content == b""
     assert response["HX-Redirect"] == "/login/?next=%2Fapps%2Fshop%2Flogs%2F"
+
+
+def test_it_lists_builds_with_commit_state_author_and_duration(client: Client, acme: Acme) -> None:
+    from datetime import timedelta
+
+    from core.models import Build
+
+    deploy(acme.app, acme.member)
+    build = Build.objects.get(app=acme.app)
+    Build.objects.filter(pk=build.pk).update(finished_at=build.started_at + timedelta(seconds=125))
+    page = login(client, acme.viewer).get("/apps/shop/builds/").content.decode()
+    assert "89abcde" in page and "succeeded" in page and "mia" in page and "2m 5s" in page
+    detail = client.get(f"/apps/shop/builds/{build.pk}/").content.decode()
+    assert "Python app detected" in detail and "took 2m 5s" in detail

@@ -85,3 +85,13 @@ def usage_class(percent: int) -> str:
 @register.filter
 def short_commit(commit: str) -> str:
     return commit[:7]
+
+
+@register.filter
+def took(build: Any) -> str:
+    """How long a finished build ran, e.g. 42s or 3m 5s; a dash while it runs."""
+    if build.started_at is None or build.finished_at is None:
+        return "\N{EN DASH}"
+    seconds = max(0, round((build.finished_at - build.started_at).total_seconds()))
+    minutes, seconds = divmod(seconds, 60)
+    return f"{minutes}m {seconds}s" if minutes else f"{seconds}s"
