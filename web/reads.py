@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 UP_STATES = frozenset({ContainerState.RUNNING, ContainerState.READY})
 DOWN_STATES = frozenset({ContainerState.EXITED, ContainerState.FAILED, ContainerState.OOM})
 EVENTS_SHOWN = 100
+# A container back in `starting` after this many restarts is in a crash loop, not starting.
+CRASH_LOOP_RESTARTS = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +74,8 @@ def app_status(
     """Decide running / crashing / deploying / starting / idle from what the database knows."""
     wanted = sum(row.quantity for row in formation)
     up = sum(1 for c in containers if c.state in UP_STATES)
-    down = [c for c in containers if c.state in DOWN_STATES]
+    down = [c for c in containers if c.state in DOWN_STATES
+            or (c.state == ContainerState.STARTING and c.restarts >= CRASH_LOOP_RESTARTS)]
     if down:
         names = ", ".join(sorted(c.name for c in down)[:5])
         return Status("crashing", "crashing", "bad", f"Stopped or failed: {names}.")
