@@ -3,7 +3,8 @@
 
 Starts, all on loopback and in a throw-away directory: a redis-server (the route table), an nginx
 serving a tiny static answer (the app), an nginx reverse proxy with keep-alive to the app, and
-`python -m router`, both proxies with the same number of worker processes. wrk then measures the
+`python -m router`, both proxies with the same number of worker processes. Both write an
+access-log line per request in batches (nginx to a file, the router to Redis). wrk then measures the
 app directly, through nginx and through the router, one after the other in the same run.
 
     python bench/router.py [--duration 5] [--rounds 3] [--connections 64] [--light-connections 4]
@@ -55,7 +56,9 @@ pid {dir}/proxy.pid;
 error_log {dir}/proxy-error.log;
 events {{ worker_connections 4096; }}
 http {{
-  access_log off;
+  # Like the router, which sends an access-log line per request to Redis in batches.
+  log_format paas '$remote_addr $host "$request" $status $body_bytes_sent $request_id $request_time';
+  access_log {dir}/proxy-access.log paas buffer=64k flush=1s;
   keepalive_requests 1000000;
   upstream app {{ server 127.0.0.1:{app_port}; keepalive 256; }}
   server {{
