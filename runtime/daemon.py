@@ -219,6 +219,12 @@ class Runtime:
                         pass
                 self._finish(rec, None)
             else:
+                if rec.state == "created":
+                    # A daemon that died in the middle of a start may have left an init behind
+                    # that no record points to: end it with its cgroup.
+                    self._release(rec)
+                    if self.network is not None and spec_uses_network(rec.spec):
+                        self._net_pool.submit(_quietly, self.network.detach, rec.spec.id)
                 self._exited[rec.spec.id].set()
 
     # -- operations -----------------------------------------------------------------------------
