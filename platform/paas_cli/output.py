@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich import box
-from rich.console import Console
-from rich.table import Table
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 def console() -> Console:
-    # In a pipe rich would wrap at 80 columns and fold long URLs: let lines be as long as needed.
-    if sys.stdout.isatty():
-        return Console(highlight=False)
-    return Console(highlight=False, width=10_000, no_color=True, soft_wrap=True)
+    """A rich console for the terminal (rich is imported only when there is one to draw on)."""
+    from rich.console import Console
+
+    return Console(highlight=False)
 
 
 def text(value: Any) -> str:
@@ -58,9 +57,8 @@ def print_table(
 ) -> None:
     """Print rows as a table of the given (key, heading) columns, or `empty` when none."""
     rows = list(rows)
-    out = console()
     if not rows:
-        out.print(empty)
+        say(empty)
         return
     formatters = formatters or {}
     cells = [[formatters.get(key, text)(row.get(key)) for key, _heading in columns] for row in rows]
@@ -71,24 +69,26 @@ def print_table(
         for line in [headings, *cells]:
             print("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip())
         return
+    from rich import box
+    from rich.table import Table
+
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, highlight=False)
     for _key, heading in columns:
         table.add_column(heading, overflow="fold")
     for line in cells:
         table.add_row(*line)
-    out.print(table)
+    console().print(table)
 
 
 def print_pairs(pairs: Sequence[tuple[str, str]]) -> None:
     """Print `label: value` lines with the values aligned."""
     width = max((len(label) for label, _ in pairs), default=0)
-    out = console()
     for label, value in pairs:
-        out.print(f"{label + ':':<{width + 1}} {value}", markup=False)
+        print(f"{label + ':':<{width + 1}} {value}".rstrip())
 
 
 def say(message: str) -> None:
-    console().print(message, markup=False)
+    print(message)
 
 
 def error(message: str) -> None:
