@@ -17,6 +17,7 @@ import pytest
 from builder.buildpack import BUILTIN_DIR, BuildRequest, build
 from builder.errors import BuildError
 from builder.executor import HostExecutor
+from builder.slug import launch_argv
 
 from .conftest import APPS, Output
 
@@ -334,3 +335,33 @@ def test_it_explains_a_python_install_that_fails(tmp_path: Path, shared_cache: P
         build(req, HostExecutor(), output.append)
     assert any("No Python version named in .python-version or runtime.txt" in line for line in output)
     assert " !     pip install failed (exit status 1); see its messages above" in output
+
+
+@pytest.mark.slow
+def test_it_reuses_the_virtualenv_while_requirements_and_python_stay_the_same(
+    tmp_path: Path, shared_cache: Path, output: Output
+) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "requirements.txt").write_text("# nothing yet\n")
+    (src / "Procfile").write_text("worker: python -c 'import sys; print(sys.prefix)'\n")
+    cache = shared_cache
+
+    def build_once(n: int) -> Path:
+        req = BuildRequest(app="venv-reuse", source_dir=src, work_dir=tmp_path / f"work{n}", cache_dir=cache)
+        return build(req, HostExecutor(), output.append).app_dir
+
+    build_once(1)
+    app_dir = build_once(2)
+    assert [line for line in output if line.startswith("-----> Creating a virtualenv")] != []
+    assert "-----> Reusing the virtualenv of the last build (requirements.txt and Python unchanged)" in output
+    prefix = subprocess.run(
+        launch_argv("python -c 'import sys; print(sys.prefix)'"),
+        env={"PATH": "/usr/bin:/bin", "HOME": str(app_dir)}, capture_output=True, text=True, check=True,
+    ).stdout.strip()
+    assert prefix == str(app_dir / ".venv")
+
+    output.clear()
+    (src / "requirements.txt").write_text("# nothing yet, still\n")
+    build_once(3)
+    assert any(line.startswith("-----> Creating a virtualenv") for line in output)
