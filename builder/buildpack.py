@@ -73,6 +73,7 @@ class BuildRequest:
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
     max_slug_bytes: int = 500 * 1024**2
     allow_local_buildpacks: bool = False
+    clear_cache: bool = False
     slug_uid: int = 0
     slug_gid: int = 0
 
@@ -202,6 +203,15 @@ class _Build:
             (self.env_dir / name).write_text(value)
         req.cache_dir.mkdir(parents=True, exist_ok=True)
         with _locked(req.cache_dir):
+            if req.clear_cache:
+                self.out("-----> Clearing the build cache")
+                for entry in req.cache_dir.iterdir():
+                    if entry.name == ".lock":
+                        continue
+                    if entry.is_dir() and not entry.is_symlink():
+                        shutil.rmtree(entry)
+                    else:
+                        entry.unlink()
             owner = self.executor.owner
             if owner is not None:
                 # The steps' user writes the app, its cache, HOME, TMPDIR and the buildpacks'

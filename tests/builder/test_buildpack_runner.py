@@ -279,13 +279,16 @@ def test_it_keeps_profile_d_scripts_and_sources_them_at_start(
     assert out == f"hello from profile.d in {result.app_dir}\n"
 
 
-def test_it_reuses_the_cache_dir_between_builds_of_an_app(
+def test_it_reuses_the_cache_dir_between_builds_until_asked_to_clear_it(
     app_source: Path, request_for: RequestFor, make_buildpack: MakeBuildpack, output: Output
 ) -> None:
     bp = make_buildpack("counter", compile='echo x >> "$2/runs"; echo "runs: $(wc -l < "$2/runs")"')
     build(request_for(app_source, buildpacks=[str(bp)]), HostExecutor(), output.append)
     build(request_for(app_source, buildpacks=[str(bp)]), HostExecutor(), output.append)
     assert [line for line in output if line.startswith("runs:")] == ["runs: 1", "runs: 2"]
+    build(request_for(app_source, buildpacks=[str(bp)], clear_cache=True), HostExecutor(), output.append)
+    assert [line for line in output if line.startswith("runs:")][-1] == "runs: 1"
+    assert "-----> Clearing the build cache" in output
 
 
 def test_it_refuses_a_symlink_pointing_outside_the_app(
