@@ -179,6 +179,33 @@ async def test_it_terminates_tls_on_its_tls_port(redis_client: redis.Redis, redi
     await app.stop()
 
 
+def worker_pids(master: int) -> set[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(master)], capture_output=True, text=True).stdout
+    return {int(p) for p in out.split()}
+
+
+@run
+async def test_it_replaces_a_worker_that_dies(redis_client: redis.Redis, redis_url: str, tmp_path: Path) -> None:
+    app = await App().start()
+    route_app_set(redis_client, "web1", [app.endpoint])
+    async with router_process(redis_url, tmp_path) as (proc, port):
+        await until_status(port, 200)
+        before = worker_pids(proc.pid)
+        assert len(before) == 2
+        victim = min(before)
+        os.kill(victim, signal.SIGKILL)  # a worker this test's router forked
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            now = worker_pids(proc.pid)
+            if len(now) == 2 and victim not in now:
+                break
+            await asyncio.sleep(0.1)
+        assert len(now) == 2 and victim not in now
+        for _ in range(10):
+            assert (await get(port)).status == 200
+    await app.stop()
+
+
 def test_it_refuses_a_bad_setting_with_a_clear_message() -> None:
     env = dict(os.environ, PAAS_ROUTER_WORKERS="many", PYTHONPATH=str(ROOT))
     result = subprocess.run([sys.executable, "-m", "router"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=30)
