@@ -243,3 +243,17 @@ def test_it_refuses_a_taken_user_name_with_the_actions_message(db: None) -> None
         call_command("user_create", "yan", stderr=io.StringIO())
     with pytest.raises(CommandError, match="Name must be 1 to 40 lowercase"):
         call_command("user_create", "Not A Name", stderr=io.StringIO())
+
+
+def test_it_refuses_to_start_when_its_port_is_taken(up_env: dict[str, str]) -> None:
+    host, port = up_env["PAAS_BIND"].split(":")
+    with socket.socket() as taken:
+        taken.bind((host, int(port)))
+        taken.listen()
+        result = subprocess.run([sys.executable, str(ROOT / "manage.py"), "up"], cwd=ROOT,
+                                env=up_env, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert f"{up_env['PAAS_BIND']} is already in use" in result.stderr
+    assert "set PAAS_BIND" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (Path(up_env["PAAS_DATA_DIR"]) / "paas.sqlite3").exists()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import socket
 import sys
 from dataclasses import dataclass
@@ -94,6 +95,18 @@ def port_open(host: str, port: int) -> bool:
         return False
 
 
+def port_free(host: str, port: int) -> bool:
+    """Whether a server could listen on host:port now (SO_REUSEADDR, as gunicorn binds)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 class Command(BaseCommand):
     help = "Migrate, create the first admin, and run the platform's processes until Ctrl-C."
 
@@ -117,6 +130,9 @@ class Command(BaseCommand):
         if not procfile.is_file():
             raise CommandError(f"There is no Procfile at {procfile}.")
 
+        if not options["no_run"]:
+            self._check_can_run(bind, redis)
+
         self.stdout.write("paas: migrating the database")
         call_command("migrate", interactive=False, verbosity=0)
         admin = self._first_admin(options["admin"])
@@ -132,6 +148,19 @@ class Command(BaseCommand):
             self.stdout.write("paas: stopped.")
             return
         raise CommandError(f"a process stopped (status {code}); the others were stopped too.")
+
+    def _check_can_run(self, bind: Bind, redis: RedisPlan) -> None:
+        """Fail with a clear message now rather than with one process's log line later."""
+        if redis.port is not None and shutil.which("redis-server") is None:
+            raise CommandError(
+                "redis-server is not installed: `make up` installs it (Debian package "
+                "redis-server), or set REDIS_URL to a Redis server to use."
+            )
+        if not port_free(bind.host, bind.port):
+            raise CommandError(
+                f"{bind.host}:{bind.port} is already in use: stop what listens there, or set "
+                "PAAS_BIND to another host:port."
+            )
 
     def _first_admin(self, username: str) -> tuple[str, str, str] | None:
         """Create the first admin if there is no user; return (name, password, token)."""
