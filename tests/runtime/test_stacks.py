@@ -174,19 +174,16 @@ def test_its_command_lists_stacks(tmp_path: Path, capsys: pytest.CaptureFixture[
 
 @pytest.mark.slow
 @pytest.mark.root
-def test_it_builds_a_real_debian_13_stack_once_per_host(tmp_path: Path) -> None:
-    """debootstrap from the host's mirror; cached per host, so later runs import it."""
+def test_it_builds_a_real_debian_13_stack_once_per_host() -> None:
+    """debootstrap from the host's mirror, once per host: the archive and a store of the stack
+    are kept in the per-host cache, so later runs find it present instead of unpacking 1 GB."""
     cache = Path(os.environ.get("PAAS_STACK_CACHE_DIR", "/var/cache/paas/stacks"))
-    store = ImageStore(tmp_path / "images")
-    try:
-        _check_real_stack(store, cache)
-    finally:
-        shutil.rmtree(tmp_path / "images")  # about 1 GB: not left for pytest's kept temp dirs
+    _check_real_stack(ImageStore(cache / "test-store"), cache)
 
 
 def _check_real_stack(store: ImageStore, cache: Path) -> None:
     ref, how = build_stack(store, "debian-13", cache)
-    assert how in ("built", "cache")
+    assert how in ("built", "cache", "present")
     image = store.resolve(ref)
     [layer] = image.layers
     assert "trixie" in (layer / "etc" / "os-release").read_text()
