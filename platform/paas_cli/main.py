@@ -79,10 +79,12 @@ def session() -> ApiClient:
     """An API client with the user's token, or a clear error when they are not logged in."""
     env_token = os.environ.get("PAAS_TOKEN", "").strip()
     env_server = _env_server()
-    stored = credentials.load()
     if env_token:
-        server = env_server or (stored.server if stored else DEFAULT_SERVER)
-        return ApiClient(server, env_token)
+        if env_server:
+            return ApiClient(env_server, env_token)
+        stored_for_url = credentials.load()
+        return ApiClient(stored_for_url.server if stored_for_url else DEFAULT_SERVER, env_token)
+    stored = credentials.load()
     if stored is None:
         raise UsageError("You are not logged in: run `paas login --server URL` first.")
     if env_server and env_server != stored.server:
