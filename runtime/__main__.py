@@ -165,14 +165,21 @@ def _client_command(root: Path, args: argparse.Namespace) -> int:
     if args.cmd == "images":
         from runtime.images import ImageStore
 
+        if not (root / "images").is_dir():
+            print(f"no image store at {root / 'images'} yet", file=sys.stderr)
+            return 0
         for ref, digest in ImageStore(root / "images").images():
             print(f"{ref:<40} {digest}")
         return 0
     if args.cmd == "stacks":
         from runtime import stacks
+        from runtime.images import ImageStore
 
-        for name in sorted(getattr(stacks, "STACKS", {})):
-            print(name)
+        store = ImageStore(root / "images") if (root / "images").is_dir() else None
+        for name in sorted(stacks.STACKS):
+            ref = stacks.stack_def(name).reference
+            built = store is not None and store.exists(ref)
+            print(f"{name:<12} {ref:<24} {'built' if built else 'not built (python -m runtime.stacks build ' + name + ')'}")
         return 0
     raise AssertionError(args.cmd)
 

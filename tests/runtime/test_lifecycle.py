@@ -208,5 +208,7 @@ def test_the_debug_cli_runs_an_image_from_the_store_and_returns_its_exit_code(rt
         cwd=REPO, capture_output=True, text=True, timeout=60,
     )
     assert (run.returncode, run.stdout, run.stderr) == (3, "hi cli\n", "warn\n")
+    stacks = subprocess.run([*cli, "stacks"], cwd=REPO, capture_output=True, text=True, check=True)
+    assert [line.split()[0] for line in stacks.stdout.splitlines()] == ["debian-12", "debian-13"]
     missing = subprocess.run([*cli, "run", "nosuch"], cwd=REPO, capture_output=True, text=True)
     assert missing.returncode == 1 and missing.stderr.startswith("error: ") and "Traceback" not in missing.stderr
