@@ -240,6 +240,36 @@ class HostNetwork:
             raise
         return att
 
+    def reserve(self, container_id: str, host_veth: str, nat: bool) -> Attachment:
+        """Allocate an address and record an attachment whose veth someone else plugs in.
+
+        For a runtime that creates the veth itself (from the container's setup process):
+        `detach` then undoes it like one of `attach`'s. Call `nat_enable` once the veth is up.
+        """
+        path = self._attachment_path(container_id)
+        if not _IFNAME_RE.match(host_veth):
+            raise NetworkError(f"invalid interface name {host_veth!r}")
+        if path.exists():
+            self.detach(container_id)
+        try:
+            ip = str(self.ipam.allocate(container_id))
+        except IPAMError as e:
+            raise NetworkError(str(e)) from None
+        att = Attachment(
+            container_id=container_id,
+            ip=ip,
+            gateway=self.gateway,
+            prefixlen=self.subnet.prefixlen,
+            host_veth=host_veth,
+            nat=nat,
+        )
+        path.write_text(json.dumps(asdict(att)))
+        return att
+
+    def nat_enable(self, att: Attachment) -> None:
+        """Masquerade the container's traffic beyond the known subnets (idempotent)."""
+        self._ipt_ensure("nat", self.chain, *self._masquerade_rule(att))
+
     def _masquerade_rule(self, att: Attachment) -> list[str]:
         return ["-s", f"{att.ip}/32", *self._comment(att.container_id), "-j", "MASQUERADE"]
 

@@ -246,3 +246,20 @@ def test_it_refuses_a_container_id_that_is_not_a_name(lab: Lab) -> None:
     net = lab.host("h1", "10.213.1.0/24")
     with pytest.raises(NetworkError, match="invalid container id"):
         net.attach("../../etc", lab.container(), nat=False)
+
+
+def test_it_records_a_reserved_attachment_that_detach_undoes(lab: Lab) -> None:
+    net = lab.host("h1", "10.213.1.0/24")
+    ns = net.netns or ""
+    att = net.reserve("plugged", host_veth=f"p{lab.tag}", nat=True)
+    # Someone else (the runtime's setup process) plugs the veth in.
+    sh("ip", "-n", ns, "link", "add", att.host_veth, "type", "veth", "peer", "name", f"q{lab.tag}")
+    net.nat_enable(att)
+    net.nat_enable(att)
+    rules = sh("ip", "netns", "exec", ns, "iptables", "-t", "nat", "-S", net.chain).stdout
+    assert rules.count(f"{att.ip}/32") == 1
+    assert [a.container_id for a in net.attachments()] == ["plugged"]
+    net.detach("plugged")
+    assert att.host_veth not in sh("ip", "-n", ns, "link").stdout
+    assert att.ip not in sh("ip", "netns", "exec", ns, "iptables", "-t", "nat", "-S").stdout
+    assert net.ipam.allocations() == {}
