@@ -12,12 +12,18 @@ if (!wanted) {
   say(`No engines.node in package.json; using the stack's Node.js ${have}`);
   process.exit(0);
 }
+// npm bundles semver (nodesource, nodejs.org builds); Debian's npm uses the system one.
 let semver = null;
-try {
-  const npmRoot = path.resolve(fs.realpathSync(process.argv[3]), "..", "..");
-  semver = require(path.join(npmRoot, "node_modules", "semver"));
-} catch (e) {
-  semver = null;
+for (const load of [
+  () => require(path.join(path.resolve(fs.realpathSync(process.argv[3]), "..", ".."), "node_modules", "semver")),
+  () => require("semver"),
+]) {
+  try {
+    semver = load();
+    break;
+  } catch (e) {
+    semver = null;
+  }
 }
 let ok;
 if (semver && semver.validRange(wanted)) {
