@@ -129,7 +129,12 @@ def build(request: BuildRequest, executor: Executor, on_line: OnLine) -> BuildRe
 
     Raise BuildError (or a subclass) with a message for the user when the build fails.
     """
-    return _Build(request, executor, on_line).run()
+    try:
+        return _Build(request, executor, on_line).run()
+    except OSError as e:
+        # Disk full, a permission the builder lacks, ...: the builder's trouble, said plainly.
+        where = f" ({e.filename})" if e.filename else ""
+        raise BuildError(f"The builder could not go on: {e.strerror or e}{where}.") from e
 
 
 class _Output:

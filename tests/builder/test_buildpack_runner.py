@@ -395,3 +395,13 @@ def test_it_hands_the_build_user_only_the_directories_a_step_may_write(
     assert (req.cache_dir / "entry").stat().st_uid == BUILD_USER[0]
     assert "env: read-only" in output
     assert "work: read-only" in output
+
+
+def test_it_turns_a_builder_side_os_error_into_a_build_error(
+    app_source: Path, request_for: RequestFor, tmp_path: Path, output: Output
+) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the cache directory should go")
+    req = request_for(app_source, cache_dir=blocker / "cache")
+    with pytest.raises(BuildError, match=r"^The builder could not go on: Not a directory"):
+        build(req, HostExecutor(), output.append)
