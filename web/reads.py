@@ -199,7 +199,8 @@ def members_of(team: Team) -> list[Membership]:
 @dataclass(slots=True)
 class HostRow:
     host: Host
-    containers: list[Container]
+    containers: list[Container]  # those the user may see
+    hidden: int = 0  # containers of apps the user may not see: counted, never named
 
     @property
     def memory_percent(self) -> int:
@@ -227,6 +228,5 @@ def hosts_with_containers(user: Actor) -> list[HostRow]:
     rows = []
     for host in hosts:
         visible = [c for c in host.containers.all() if staff or c.app.team_id in roles]
-        rows.append(HostRow(host, visible))
-        host.hidden_containers = len(host.containers.all()) - len(visible)  # type: ignore[attr-defined]
+        rows.append(HostRow(host, visible, len(host.containers.all()) - len(visible)))
     return rows
