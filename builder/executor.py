@@ -135,6 +135,8 @@ class HostExecutor:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
                 close_fds=True,
+                # preexec_fn runs between fork and exec; Limits.apply only calls setrlimit(2),
+                # which is safe there even while other threads hold locks.
                 preexec_fn=limits.apply,
                 user=uid,
                 group=gid,

@@ -121,3 +121,9 @@ def test_it_runs_the_command_as_the_build_user_without_extra_groups(tmp_path: Pa
     assert (code, lines) == (0, [str(BUILD_USER[0])])
     _code, lines = run(["/usr/bin/id", "-G"], tmp_path, owner=BUILD_USER)
     assert lines == [str(BUILD_USER[1])]
+
+
+def test_it_refuses_a_build_user_without_root(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    with pytest.raises(ValueError, match=r"running build steps as another user needs root"):
+        HostExecutor(owner=BUILD_USER)
