@@ -405,3 +405,25 @@ def test_it_turns_a_builder_side_os_error_into_a_build_error(
     req = request_for(app_source, cache_dir=blocker / "cache")
     with pytest.raises(BuildError, match=r"^The builder could not go on: Not a directory"):
         build(req, HostExecutor(), output.append)
+
+
+def test_it_holds_the_apps_cache_lock_while_it_builds(
+    app_source: Path, request_for: RequestFor, make_buildpack: MakeBuildpack
+) -> None:
+    # A second build of the app would wait on this lock; flock -n tells whether it is held.
+    bp = make_buildpack("locker", compile="echo compiling")
+    req = request_for(app_source, buildpacks=[str(bp)])
+    lock = req.cache_dir / ".lock"
+
+    def try_lock() -> int:
+        return subprocess.run(["flock", "--nonblock", str(lock), "true"], check=False).returncode
+
+    during: list[int] = []
+
+    def on_line(line: str) -> None:
+        if line == "compiling":
+            during.append(try_lock())
+
+    build(req, HostExecutor(), on_line)
+    assert during == [1]
+    assert try_lock() == 0
