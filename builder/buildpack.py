@@ -35,7 +35,13 @@ from builder.errors import BuildError, BuildTimeout
 from builder.executor import Executor, OnLine, StepTimeout
 from builder.procfile import ProcessTypes, read_procfile, resolve_process_types
 from builder.slug import SlugLayer, image_config, pack_slug
-from builder.source import DEFAULT_MAX_FILE_BYTES, check_source, copy_source, tree_size
+from builder.source import (
+    DEFAULT_MAX_FILE_BYTES,
+    apply_slugignore,
+    check_source,
+    copy_source,
+    tree_size,
+)
 
 BUILTIN_DIR = Path(__file__).resolve().parent / "buildpacks"
 # Tried in this order when the app names no buildpack; each with what its detect looks for.
@@ -228,6 +234,10 @@ class _Build:
 
     def _run_locked(self) -> BuildResult:
         req = self.req
+        removed = apply_slugignore(self.app_dir)
+        if removed:
+            count = f"{len(removed)} path" + ("" if len(removed) == 1 else "s")
+            self.out(f"-----> Removing what .slugignore lists ({count})")
         specs = self._buildpack_specs()
         if specs:
             packs = [self._fetch(i, spec) for i, spec in enumerate(specs)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import re
 import shutil
@@ -96,8 +97,47 @@ def checkout(
 
 
 def copy_source(src: Path, dest: Path) -> None:
-    """Copy the checked source into `dest` (created), keeping symlinks as symlinks."""
-    shutil.copytree(src, dest, symlinks=True)
+    """Copy the checked source into `dest` (created), keeping symlinks, leaving out `.git`."""
+    shutil.copytree(
+        src, dest, symlinks=True,
+        ignore=lambda directory, _names: [".git"] if Path(directory) == src else [],
+    )
+
+
+def apply_slugignore(app_dir: Path) -> list[str]:
+    """Remove what the app's `.slugignore` names; return the removed paths (relative, sorted).
+
+    One glob per line, `#` for comments. A pattern with a `/` is matched against the path from
+    the app's root (a leading `/` is dropped); one without matches a name at any depth.
+    """
+    listing = app_dir / ".slugignore"
+    if not listing.is_file() or listing.is_symlink():
+        return []
+    patterns = []
+    for raw in listing.read_text(errors="replace").splitlines():
+        line = raw.strip()
+        if line and not line.startswith("#"):
+            patterns.append(line.rstrip("/"))
+    removed: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(app_dir):
+        here = Path(dirpath)
+        for name in sorted(dirnames + filenames):
+            path = here / name
+            rel = path.relative_to(app_dir).as_posix()
+            if any(_ignored(rel, name, pattern) for pattern in patterns):
+                removed.append(rel)
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                    dirnames.remove(name)
+                else:
+                    path.unlink()
+    return sorted(removed)
+
+
+def _ignored(rel: str, name: str, pattern: str) -> bool:
+    if "/" in pattern:
+        return fnmatch.fnmatchcase(rel, pattern.lstrip("/"))
+    return fnmatch.fnmatchcase(name, pattern)
 
 
 def tree_size(root: Path) -> int:

@@ -427,3 +427,15 @@ def test_it_holds_the_apps_cache_lock_while_it_builds(
     build(req, HostExecutor(), on_line)
     assert during == [1]
     assert try_lock() == 0
+
+
+def test_it_applies_slugignore_before_the_buildpacks_run(
+    app_source: Path, request_for: RequestFor, make_buildpack: MakeBuildpack, output: Output
+) -> None:
+    (app_source / "design.psd").write_text("big")
+    (app_source / ".slugignore").write_text("*.psd\n")
+    bp = make_buildpack("lister", compile='ls -A "$1"')
+    result = build(request_for(app_source, buildpacks=[str(bp)]), HostExecutor(), output.append)
+    assert "-----> Removing what .slugignore lists (1 path)" in output
+    assert "design.psd" not in output
+    assert not (result.app_dir / "design.psd").exists()

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from builder.errors import SourceError
-from builder.source import check_source, checkout
+from builder.source import apply_slugignore, check_source, checkout, copy_source
 
 
 @pytest.fixture
@@ -110,3 +110,26 @@ def test_it_refuses_an_oversized_file_before_writing_it(repo: tuple[Path, str], 
         checkout(bare, commit, dest, max_file_bytes=1024)
     assert (dest / "bin" / "run").exists()
     assert not (dest / "data" / "blob.bin").exists()
+
+
+def test_it_removes_what_slugignore_lists(tmp_path: Path) -> None:
+    app = tmp_path / "app"
+    for rel in ("docs/guide.md", "src/docs/keep.txt", "src/main.py", "tests/test_x.py", "a.psd", "img/b.psd"):
+        (app / rel).parent.mkdir(parents=True, exist_ok=True)
+        (app / rel).write_text("x")
+    (app / ".slugignore").write_text("# not for the slug\n/docs\n*.psd\ntests/\n")
+    removed = apply_slugignore(app)
+    assert removed == ["a.psd", "docs", "img/b.psd", "tests"]
+    left = sorted(p.relative_to(app).as_posix() for p in app.rglob("*") if p.is_file())
+    assert left == [".slugignore", "src/docs/keep.txt", "src/main.py"]
+
+
+def test_it_leaves_git_metadata_out_of_the_copy(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    (src / ".git" / "objects").mkdir(parents=True)
+    (src / "sub" / ".git").mkdir(parents=True)
+    (src / "app.py").write_text("x")
+    copy_source(src, tmp_path / "dest")
+    assert sorted(p.relative_to(tmp_path / "dest").as_posix() for p in (tmp_path / "dest").rglob("*")) == [
+        "app.py", "sub", "sub/.git",
+    ]
