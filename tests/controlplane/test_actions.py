@@ -393,3 +393,10 @@ def test_it_enqueues_nothing_when_the_action_fails(acme, deployed, django_captur
     with django_capture_on_commit_callbacks() as callbacks, pytest.raises(Invalid):
         actions.formation_scale(actor=acme.member, app=deployed, updates=[{"type": "nope", "quantity": 2}])
     assert callbacks == []
+
+
+def test_it_lets_a_viewer_not_make_a_release(acme, web1) -> None:
+    with pytest.raises(Forbidden):
+        actions.release_create(actor=acme.viewer, app=web1, build=None, config={"A": "1"},
+                               description="sneaky")
+    assert Release.objects.filter(app=web1).count() == 1

@@ -36,11 +36,13 @@ def release_create(
 ) -> Release:
     """Make the app's next release from a build and a config snapshot, and ask for a roll-out.
 
-    The caller has checked permission (the deploy, config and rollback actions call this).
+    Called by the deploy, config and rollback actions; `actor=None` is the platform itself.
     """
     from core import tasks
 
     with transaction.atomic():
+        if actor is not None:
+            authz.require_app(actor, Verb.APP_DEPLOY, app)
         app = lock_app(app)
         latest = Release.objects.filter(app=app).aggregate(v=Max("version"))["v"] or 0
         release = Release(

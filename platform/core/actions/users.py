@@ -6,7 +6,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
-from django.db import transaction
+from django.db import IntegrityError, transaction
 
 from core import authz, validators
 from core.actions._common import audit
@@ -47,7 +47,13 @@ def user_create(
     with transaction.atomic():
         if user_model.objects.filter(username=username).exists() or Team.objects.filter(name=username).exists():
             raise Conflict(f"The name '{username}' is taken.", fields={"username": ["Taken."]})
-        user = user_model.objects.create_user(username=username, email=email, password=password)
+        try:
+            with transaction.atomic():
+                user = user_model.objects.create_user(
+                    username=username, email=email, password=password
+                )
+        except IntegrityError:  # created at the same moment by someone else
+            raise Conflict(f"The name '{username}' is taken.", fields={"username": ["Taken."]}) from None
         if is_staff:
             user.is_staff = True
             user.save(update_fields=["is_staff"])
