@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import redis
 from django.conf import settings
+from django.db import connections
 
 from core.models import App, ContainerState, Formation, Host, HostState, Release
 from router.metrics import logs_key
@@ -51,10 +52,15 @@ def browser() -> Iterator[Any]:
 
 
 @pytest.fixture
-def orm_in_test(monkeypatch: pytest.MonkeyPatch) -> None:
+def orm_in_test(browser: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     # Playwright's sync API keeps an event loop in this thread; the test's own database reads
     # are still plain synchronous code (the live server answers in its own thread).
     monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    yield
+    # With that loop running, Django keeps the test's connection per context, not per thread:
+    # close it here, while the loop still runs, or PostgreSQL keeps a session to the test
+    # database open past its teardown.
+    connections.close_all()
 
 
 def shoot(page: Any, name: str) -> None:

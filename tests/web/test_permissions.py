@@ -85,12 +85,41 @@ def test_it_sends_anonymous_visitors_to_the_login_page(client: Client, shop: Acm
     assert response["Location"].startswith("/login/?next=")
 
 
-@pytest.mark.parametrize("page", ["/apps/sams-blog/", "/apps/sams-blog/config/",
-                                  "/apps/sams-blog/releases/", "/teams/sam/"])
+@pytest.mark.parametrize("page", [*APP_PAGES, "/apps/shop/config/SECRET/reveal/"])
 def test_it_hides_another_teams_app_even_from_an_owner(client: Client, acme: Acme,
                                                        page: str) -> None:
-    response = login(client, acme.owner).get(page)
+    """acme's owner looks at sam's app: every page answers as if it did not exist."""
+    deploy(acme.stranger_app, acme.stranger)
+    actions.config_set(actor=acme.stranger, app=acme.stranger_app, values={"SECRET": "sams"})
+    url = page.replace("/apps/shop/", "/apps/sams-blog/").format(
+        build=acme.stranger_app.builds.get().pk)
+    response = login(client, acme.owner).get(url)
     assert response.status_code == 404
+    assert b"App &#x27;sams-blog&#x27; not found." in response.content
+
+
+@pytest.mark.parametrize(("form", "data"), [
+    ("config/set/", {"key": "X", "value": "1"}), ("config/unset/", {"key": "SECRET"}),
+    ("scale/", {"type": "web", "quantity-web": "3"}), ("releases/rollback/", {"version": "1"}),
+    ("domains/add/", {"hostname": "evil.example"}), ("domains/remove/", {"hostname": "x.example"}),
+    ("destroy/", {"confirm": "sams-blog"}),
+])
+def test_it_refuses_every_form_on_another_teams_app_as_if_it_did_not_exist(
+    client: Client, acme: Acme, form: str, data: dict[str, str]
+) -> None:
+    deploy(acme.stranger_app, acme.stranger)
+    before = (Release.objects.count(), Domain.objects.count(), App.objects.count())
+    response = login(client, acme.owner).post(f"/apps/sams-blog/{form}", data)
+    assert response.status_code == 404
+    assert (Release.objects.count(), Domain.objects.count(), App.objects.count()) == before
+
+
+def test_it_hides_another_teams_team_pages(client: Client, acme: Acme) -> None:
+    c = login(client, acme.owner)
+    for url in ("/teams/sam/", "/teams/sam/events/"):
+        assert c.get(url).status_code == 404
+    assert c.post("/teams/sam/members/", {"user": "olive", "role": "owner"}).status_code == 404
+    assert not Membership.objects.filter(team__name="sam", user=acme.owner).exists()
 
 
 def test_it_answers_an_unknown_app_like_a_hidden_one(client: Client, acme: Acme) -> None:
