@@ -118,7 +118,10 @@ def visible_apps(user: Actor) -> list[App]:
     if not user.is_authenticated:
         return []
     return list(
-        App.objects.filter(team__memberships__user_id=user.pk).select_related("team").order_by("name")
+        App.objects.filter(team__memberships__user_id=user.pk)
+        .select_related("team", "created_by")
+        .prefetch_related("formation", "domains")
+        .order_by("name")
     )
 
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from django.contrib.auth import get_user_model
+from django.db.models import OuterRef, Subquery
 
 from core.errors import Invalid, invalid_field
+from core.models import App, Release
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import User
@@ -26,3 +28,12 @@ def user_find(identifier: object) -> User:
                           fields={field: ["Ambiguous."]})
         raise Invalid(f"No user with the {what} '{identifier}'.", fields={field: ["No such user."]})
     return matches[0]
+
+
+def current_releases(apps: list[App]) -> dict[int, Release]:
+    """Each app's current (newest) release, in one query: app id → release."""
+    latest = Release.objects.filter(app=OuterRef("app")).order_by("-version").values("version")[:1]
+    rows = Release.objects.filter(app__in=apps, version=Subquery(latest)).select_related(
+        "build", "created_by"
+    )
+    return {row.app_id: row for row in rows}

@@ -134,11 +134,13 @@ class AppSerializer(serializers.ModelSerializer[App]):
 
     @extend_schema_field(ReleaseSerializer(allow_null=True))
     def get_current_release(self, app: App) -> dict[str, Any] | None:
-        release = app.current_release()
+        known: dict[int, Release] | None = self.context.get("current_releases")
+        release = known.get(app.pk) if known is not None else app.current_release()
         return ReleaseSerializer(release).data if release is not None else None
 
     def get_domains(self, app: App) -> list[str]:
-        return list(app.domains.order_by("hostname").values_list("hostname", flat=True))
+        # all(), not order_by(): the list view prefetches the domains.
+        return sorted(domain.hostname for domain in app.domains.all())
 
 
 class BuildSerializer(serializers.ModelSerializer[Build]):

@@ -241,7 +241,8 @@ class AppListView(APIView):
     def get(self, request: Request) -> Response:
         """The apps of every team you are in."""
         apps = authz.visible_apps(_user(request))
-        return Response(s.AppSerializer(apps, many=True, context={"request": request}).data)
+        context = {"request": request, "current_releases": lookups.current_releases(apps)}
+        return Response(s.AppSerializer(apps, many=True, context=context).data)
 
     @extend_schema(request=s.AppInput, responses={201: s.AppSerializer})
     def post(self, request: Request) -> Response:

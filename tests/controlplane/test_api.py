@@ -439,3 +439,21 @@ def test_it_generates_a_valid_schema_without_warnings(tmp_path) -> None:
     out = tmp_path / "schema.yaml"
     call_command("spectacular", "--validate", "--fail-on-warn", "--file", str(out))
     assert "/api/v1/apps/{app}/releases/rollback/" in out.read_text()
+
+
+def test_it_lists_apps_in_a_number_of_queries_that_does_not_grow_with_the_apps(acme) -> None:
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    client = client_for(acme.owner)
+    call(client, "GET", "account")  # the token's first use writes last_used_at
+    counts = []
+    for total in (1, 8):
+        while App.objects.count() < total:
+            actions.app_create(actor=acme.owner, name=f"app{App.objects.count()}x", team=acme.team)
+        with CaptureQueriesContext(connection) as queries:
+            answer = call(client, "GET", "apps")
+        assert len(answer.json()) == total
+        assert all(a["current_release"]["name"] == "v1" for a in answer.json())
+        counts.append(len(queries.captured_queries))
+    assert counts[0] == counts[1]
