@@ -34,7 +34,8 @@ test: debs-test venv
 	@scripts/with-test-services bash -c '\
 	  $(PYTEST) -q && \
 	  echo "--- PostgreSQL pass ---" && \
-	  DATABASE_URL="$$PAAS_TEST_POSTGRES_URL" $(PYTEST) -q tests/controlplane tests/web'
+	  DATABASE_URL="$$PAAS_TEST_POSTGRES_URL" $(PYTEST) -q tests/controlplane tests/web \
+	    --ignore-glob="tests/controlplane/test_cli_*"'
 
 ## Lint, types and the fast tests, for iteration.
 check: venv lint types
@@ -44,7 +45,7 @@ lint: venv
 	$(VENV)/bin/ruff check .
 
 types: venv
-	$(VENV)/bin/mypy runtime router builder platform/controlplane
+	$(VENV)/bin/mypy runtime router builder platform/controlplane platform/paas_cli
 
 bench: debs-test venv
 	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
