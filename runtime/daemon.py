@@ -166,6 +166,7 @@ class Runtime:
         self._net_pool = ThreadPoolExecutor(1, "network", initializer=_own_event_loop)
         self._io_pool = ThreadPoolExecutor(2, "release")
         self._releasing: dict[str, Future[None]] = {}
+        self._detaching: dict[str, Future[None]] = {}
         self._exited: dict[str, asyncio.Event] = {}
         self._pidfds: dict[str, int] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -425,7 +426,9 @@ class Runtime:
         """Give back what a container held on the host: its network and its cgroup."""
         if self.network is not None and spec_uses_network(rec.spec) and rec.ip is not None:
             rec.ip = None
-            self._net_pool.submit(_quietly, self.network.detach, rec.spec.id)
+            self._detaching[rec.spec.id] = self._net_pool.submit(
+                _quietly, self.network.detach, rec.spec.id
+            )
         cg = self.cgroup(rec.spec.id)
         with contextlib.suppress(cgroups.CgroupError, OSError):
             cgroups.kill_all(cg)
@@ -476,9 +479,11 @@ class Runtime:
             if force is not True:
                 raise OpError(f"container {rec.spec.id} is running; stop it first or force", "conflict")
             await self.stop(rec.spec.id, 0)
-        pending = self._releasing.pop(rec.spec.id, None)
-        if pending is not None:
-            await asyncio.wrap_future(pending)
+        # Once remove answers, the container holds nothing on the host any more.
+        for waiting in (self._releasing, self._detaching):
+            pending = waiting.pop(rec.spec.id, None)
+            if pending is not None:
+                await asyncio.wrap_future(pending)
         await asyncio.get_running_loop().run_in_executor(
             self._io_pool, shutil.rmtree, self.paths(rec.spec.id).dir, True
         )
