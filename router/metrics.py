@@ -20,12 +20,10 @@ from __future__ import annotations
 import time
 from bisect import bisect_left
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 BUCKETS = (5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000)
 BUCKET_FIELDS = (*tuple(f"latency_ms_le_{b}" for b in BUCKETS), "latency_ms_le_inf")
-STATUS_FIELDS = ("status_1xx", "status_1xx", "status_2xx", "status_3xx", "status_4xx", "status_5xx")
 MINUTE_TTL = 24 * 3600
 
 # KEYS[1]: the app's log stream; ARGV[1]: the cap; ARGV[2]: "time<TAB>line" entries, one a
@@ -53,13 +51,13 @@ def bucket_field(ms: float) -> str:
     return BUCKET_FIELDS[bisect_left(BUCKETS, ms)]
 
 
-@dataclass(slots=True)
-class AppStats:
-    counts: dict[str, int] = field(default_factory=dict)
-
-    def add(self, name: str, amount: int) -> None:
-        self.counts[name] = self.counts.get(name, 0) + amount
-
+# Per-app counters live in a flat list (cheaper per request than a dict); FIELDS names them.
+FIELDS = (
+    "requests", "status_1xx", "status_2xx", "status_3xx", "status_4xx", "status_5xx",
+    "bytes_in", "bytes_out", "latency_ms_sum", *BUCKET_FIELDS,
+)
+_STATUS_INDEX = (5, 1, 2, 3, 4, 5, 5, 5, 5, 5)  # status // 100 -> index; nonsense counts as 5xx
+_BUCKET_BASE = FIELDS.index(BUCKET_FIELDS[0])
 
 Command = tuple[Any, ...]
 
@@ -67,33 +65,42 @@ Command = tuple[Any, ...]
 class Recorder:
     """Collect what happened since the last flush; never touches the network itself."""
 
-    def __init__(self, log_maxlen: int = 10_000, max_lines: int = 50_000, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        log_maxlen: int = 10_000,
+        max_lines: int = 50_000,
+        clock: Callable[[], float] = time.time,
+        formatter: Callable[[Any], str] = str,
+    ) -> None:
         self.log_maxlen = log_maxlen
+        self.formatter = formatter
         self.max_lines = max_lines
         self.clock = clock
-        self.stats: dict[str, AppStats] = {}
+        self.stats: dict[str, list[int]] = {}
         self.lines: list[tuple[str, float, object]] = []
         self.dropped_lines = 0
 
-    def record(self, app: str, status: int, ms: float, bytes_in: int, bytes_out: int, line: object) -> None:
-        """Count one request; `line` becomes the access-log line through str() at flush time."""
-        stats = self.stats.get(app)
-        if stats is None:
-            stats = self.stats[app] = AppStats()
-        counts = stats.counts
-        get = counts.get
-        counts["requests"] = get("requests", 0) + 1
-        sfield = STATUS_FIELDS[status // 100] if 0 < status < 600 else "status_5xx"
-        counts[sfield] = get(sfield, 0) + 1
-        counts["bytes_in"] = get("bytes_in", 0) + bytes_in
-        counts["bytes_out"] = get("bytes_out", 0) + bytes_out
-        counts["latency_ms_sum"] = get("latency_ms_sum", 0) + int(ms)
-        bfield = bucket_field(ms)
-        counts[bfield] = get(bfield, 0) + 1
+    def record(self, app: str, status: int, ms: float, bytes_in: int, bytes_out: int, line: object,
+               when: float | None = None) -> None:
+        """Count one request; `line` becomes the access-log line through `formatter` at flush time."""
+        counts = self.stats.get(app)
+        if counts is None:
+            counts = self.stats[app] = [0] * len(FIELDS)
+        counts[0] += 1
+        counts[_STATUS_INDEX[status // 100] if 0 <= status < 1000 else 5] += 1
+        counts[6] += bytes_in
+        counts[7] += bytes_out
+        counts[8] += int(ms)
+        counts[_BUCKET_BASE + bisect_left(BUCKETS, ms)] += 1
         if len(self.lines) < self.max_lines:
-            self.lines.append((app, self.clock(), line))
+            self.lines.append((app, self.clock() if when is None else when, line))
         else:  # Redis has been away a long time: keep memory bounded, count what we lost
             self.dropped_lines += 1
+
+    def counts(self, app: str) -> dict[str, int]:
+        """The counters recorded for an app since the last take, by field name (non-zero ones)."""
+        values = self.stats.get(app, [])
+        return {name: value for name, value in zip(FIELDS, values, strict=False) if value}
 
     def take(self, max_lines: int = 500) -> list[Command]:
         """Hand over the counters and up to `max_lines` log lines as Redis commands.
@@ -106,20 +113,23 @@ class Recorder:
         del self.lines[:max_lines]
         minute = int(self.clock() // 60)
         commands: list[Command] = []
-        for app, app_stats in stats.items():
+        for app, values in stats.items():
             total, per_minute = metrics_key(app), f"{metrics_key(app)}:{minute}"
-            for name, amount in app_stats.counts.items():
+            for name, amount in zip(FIELDS, values, strict=True):
+                if not amount:
+                    continue
                 commands.append(("HINCRBY", total, name, amount))
                 commands.append(("HINCRBY", per_minute, name, amount))
             commands.append(("EXPIRE", per_minute, MINUTE_TTL))
         # One script call per app and slice rather than one XADD command per request: building
         # thousands of commands in the client costs more than the requests they describe.
         per_app: dict[str, list[str]] = {}
+        formatter = self.formatter
         for app, when, line in lines:
             entries = per_app.get(app)
             if entries is None:
                 entries = per_app[app] = []
-            entries.append(f"{when:.6f}\t{str(line).replace(chr(10), ' ')}")
+            entries.append(f"{when:.6f}\t{formatter(line).replace(chr(10), ' ')}")
         for app, entries in per_app.items():
             commands.append(("EVAL", XADD_LINES, 1, logs_key(app), self.log_maxlen, "\n".join(entries)))
         return commands

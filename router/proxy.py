@@ -63,7 +63,7 @@ class Worker:
     def __init__(self, config: RouterConfig, table: RouteTable, recorder: Recorder | None = None) -> None:
         self.config = config
         self.table = table
-        self.recorder = recorder or Recorder(log_maxlen=config.log_stream_maxlen)
+        self.recorder = recorder or Recorder(log_maxlen=config.log_stream_maxlen, formatter=format_access_line)
         self.balancer = Balancer(config.set_aside)
         self.pool: dict[str, list[BackendConnection]] = {}
         self.clients: set[ClientConnection] = set()
@@ -171,26 +171,20 @@ class Exchange:
         self.recorded = False
 
 
-class AccessLine:
-    """An access-log line, formatted only when the recorder flushes (off the request path)."""
+# An access-log line travels to the flush as a tuple of plain values: formatting waits until
+# then, and such a tuple holds nothing the garbage collector has to walk.
+AccessFields = tuple[str, bytes, bytes, str | None, str, str, str, float, int, int, bytes]
 
-    __slots__ = ("client_ip", "elapsed", "ex", "proto")
 
-    def __init__(self, ex: Exchange, client_ip: str, proto: bytes, elapsed: float) -> None:
-        self.ex = ex
-        self.client_ip = client_ip
-        self.proto = proto
-        self.elapsed = elapsed
-
-    def __str__(self) -> str:
-        ex = self.ex
-        at = f"error code={ex.error_code}" if ex.error_code else "info"
-        return (
-            f'at={at} method={ex.method.decode("latin-1")} path="{ex.target.decode("latin-1")}" '
-            f'host={ex.info.host} request_id={ex.request_id} fwd="{self.client_ip}" '
-            f'endpoint={ex.endpoint.key if ex.endpoint else "-"} service={self.elapsed:.0f}ms '
-            f"status={ex.status} bytes={ex.bytes_out} protocol={self.proto.decode()}"
-        )
+def format_access_line(fields: AccessFields) -> str:
+    """Format an access-log line in Heroku's router style (key=value)."""
+    code, method, target, host, request_id, client_ip, endpoint, elapsed, status, size, proto = fields
+    at = f"error code={code}" if code else "info"
+    return (
+        f'at={at} method={method.decode("latin-1")} path="{target.decode("latin-1")}" '
+        f'host={host} request_id={request_id} fwd="{client_ip}" endpoint={endpoint} '
+        f"service={elapsed:.0f}ms status={status} bytes={size} protocol={proto.decode('latin-1')}"
+    )
 
 
 class ClientConnection(asyncio.Protocol):
@@ -663,8 +657,12 @@ class ClientConnection(asyncio.Protocol):
             return
         ex.recorded = True
         elapsed = (time.monotonic() - ex.start) * 1000.0
-        line = AccessLine(ex, self.client_ip, self.proto, elapsed)
-        self.worker.recorder.record(ex.app, ex.status, elapsed, ex.bytes_in, ex.bytes_out, line)
+        line: AccessFields = (
+            ex.error_code, ex.method, ex.target, ex.info.host, ex.request_id, self.client_ip,
+            ex.endpoint.key if ex.endpoint else "-", elapsed, ex.status, ex.bytes_out, self.proto,
+        )
+        self.worker.recorder.record(ex.app, ex.status, elapsed, ex.bytes_in, ex.bytes_out, line,
+                                    ex.start_wall + elapsed / 1000.0)
 
     # --- upgrades (WebSocket) ----------------------------------------------------------------
 

@@ -19,7 +19,7 @@ def test_it_counts_requests_by_status_class_and_bytes_per_app() -> None:
     recorder.record("web1", 200, 3.0, 10, 100, "line 1")
     recorder.record("web1", 503, 30.0, 0, 50, "line 2")
     recorder.record("shop", 404, 1.0, 0, 20, "line 3")
-    counts = recorder.stats["web1"].counts
+    counts = recorder.counts("web1")
     assert counts["requests"] == 2
     assert counts["status_2xx"] == 1 and counts["status_5xx"] == 1
     assert counts["bytes_in"] == 10 and counts["bytes_out"] == 150
@@ -55,7 +55,7 @@ def test_it_keeps_memory_bounded_when_lines_cannot_be_written() -> None:
     for _ in range(25):
         recorder.record("web1", 200, 1.0, 0, 0, "x")
     assert len(recorder.lines) == 10 and recorder.dropped_lines == 15
-    assert recorder.stats["web1"].counts["requests"] == 25
+    assert recorder.counts("web1")["requests"] == 25
 
 
 def test_it_writes_counters_and_a_capped_log_stream_to_redis(redis_client: redis.Redis) -> None:

@@ -45,7 +45,7 @@ async def test_it_answers_503_when_no_web_process_runs_and_in_maintenance() -> N
         down = await get(router.port, host=f"shop.{DOMAIN}")
         assert (idle.status, idle.header("X-Paas-Error")) == (503, "no_web_process")
         assert (down.status, down.header("X-Paas-Error")) == (503, "maintenance")
-        counts = router.worker.recorder.stats["shop"].counts
+        counts = router.worker.recorder.counts("shop")
         assert counts["status_5xx"] == 1
 
 
@@ -251,7 +251,7 @@ async def test_it_cuts_the_client_when_the_app_resets_mid_response_and_other_cli
         assert await client.closed()
         client.close()
         assert (await get(router.port)).status == 200
-        assert router.worker.recorder.stats["web1"].counts["requests"] == 2
+        assert router.worker.recorder.counts("web1")["requests"] == 2
     await app.stop()
 
 
