@@ -4,7 +4,7 @@ Each round starts `/bin/true` on the tiny busybox image and waits for it to exit
 daemon (one `run` request over its socket that answers at the container's exit), once with `runc run`
 and once with `crun run` on a bundle whose root is the same image layer, with the same
 namespaces (mount, PID, UTS, IPC, network, cgroup). Rounds alternate between the runtimes so a
-noisy machine slows all three alike. Then the same for our daemon with networking (a veth on a
+noisy machine slows all three alike, in a new random order each round. Then the same for our daemon with networking (a veth on a
 bridge, NAT) and cgroup limits, and the resident memory the platform spends per running
 container beyond the app's own processes (the init's RSS plus the daemon's growth).
 
@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -153,11 +154,19 @@ def main() -> int:
             ours.run_once(False)
             run_peer("runc", work / "runc", bundle)
             run_peer("crun", work / "crun", bundle)
+        runs: dict[str, Callable[[], float]] = {
+            "paas": lambda: ours.run_once(False),
+            "runc": lambda: run_peer("runc", work / "runc", bundle),
+            "crun": lambda: run_peer("crun", work / "crun", bundle),
+            "paas_net": lambda: ours.run_once(True),
+        }
+        order = list(runs)
         for _ in range(args.rounds):
-            times["paas"].append(ours.run_once(False))
-            times["runc"].append(run_peer("runc", work / "runc", bundle))
-            times["crun"].append(run_peer("crun", work / "crun", bundle))
-            times["paas_net"].append(ours.run_once(True))
+            # A new order every round: what one run leaves to the kernel (a network namespace
+            # being torn down, say) must not always slow the same runtime.
+            random.shuffle(order)
+            for key in order:
+                times[key].append(runs[key]())
 
         before = rss_kib(daemon.pid)
         running = []
