@@ -185,6 +185,14 @@ def test_it_walks_through_login_create_config_scale_rollback_and_hosts(
             small.locator("#metrics figure").first.wait_for()
         shoot(small, f"phone-{name}")
     phone.close()
+    # And once in the dark colour scheme.
+    dark = browser.new_context(viewport=LAPTOP, color_scheme="dark",
+                               storage_state=context.storage_state())
+    night = dark.new_page()
+    night.goto(f"{live_server.url}/apps/storefront/")
+    night.locator("#metrics figure").first.wait_for()
+    shoot(night, "dark-app-overview")
+    dark.close()
     context.close()
 
 
