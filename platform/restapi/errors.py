@@ -120,3 +120,36 @@ class ApiJsonErrorsMiddleware:
             error_body("server_error", "Something went wrong on the server; it has been logged."),
             status=500,
         )
+
+
+def _api_or(default: Callable[..., HttpResponse], status_code: int, code: str, message: str) -> Callable[..., HttpResponse]:
+    """A Django error handler: JSON under /api/, Django's own page elsewhere."""
+
+    def handler(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        if request.path.startswith(API_PREFIX):
+            return JsonResponse(error_body(code, message), status=status_code)
+        return default(request, *args, **kwargs)
+
+    return handler
+
+
+def _django_defaults() -> dict[str, Callable[..., HttpResponse]]:
+    from django.views import defaults
+
+    return {
+        "400": defaults.bad_request,
+        "403": defaults.permission_denied,
+        "404": defaults.page_not_found,
+        "500": defaults.server_error,
+    }
+
+
+_DEFAULTS = _django_defaults()
+# Used by the root URLconf for errors Django handles before any view (a refused Host header,
+# a failing middleware) when DEBUG is off.
+handler400 = _api_or(_DEFAULTS["400"], 400, "invalid", "The request was refused as malformed.")
+handler403 = _api_or(_DEFAULTS["403"], 403, "forbidden", "Forbidden.")
+handler404 = _api_or(_DEFAULTS["404"], 404, "not_found", "Not found.")
+handler500 = _api_or(
+    _DEFAULTS["500"], 500, "server_error", "Something went wrong on the server; it has been logged."
+)

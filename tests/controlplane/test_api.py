@@ -457,3 +457,10 @@ def test_it_lists_apps_in_a_number_of_queries_that_does_not_grow_with_the_apps(a
         assert all(a["current_release"]["name"] == "v1" for a in answer.json())
         counts.append(len(queries.captured_queries))
     assert counts[0] == counts[1]
+
+
+def test_it_answers_a_refused_host_header_under_api_with_json(acme, settings) -> None:
+    settings.ALLOWED_HOSTS = ["paas.example.com"]
+    settings.DEBUG = False
+    response = APIClient(raise_request_exception=False).get("/api/v1/apps", HTTP_HOST="evil.example")
+    assert_error(response, 400, "invalid")
