@@ -1,12 +1,13 @@
 """Container start: our runtime daemon vs runc and crun, side by side in one run.
 
-Each round starts `/bin/true` on the tiny busybox image and waits for it to exit, once with our
-daemon (one `run` request over its socket that answers at the container's exit), once with `runc run`
-and once with `crun run` on a bundle whose root is the same image layer, with the same
-namespaces (mount, PID, UTS, IPC, network, cgroup). Rounds alternate between the runtimes so a
-noisy machine slows all three alike, in a new random order each round. Then the same for our daemon with networking (a veth on a
-bridge, NAT) and cgroup limits, and the resident memory the platform spends per running
-container beyond the app's own processes (the init's RSS plus the daemon's growth).
+Each round starts `/bin/true` on the tiny busybox image and waits for it to exit: with our
+daemon (one `run` request over its socket that answers at the container's exit), with
+`runc run` and with `crun run` on a bundle whose root is the same image layer, with the same
+namespaces (mount, PID, UTS, IPC, network, cgroup), and with our daemon again with networking
+(a veth on a bridge, NAT) and cgroup limits. Every round runs the four in a new random order, so
+a noisy machine, or what one run leaves the kernel to clean up, slows them all alike. Then the
+resident memory the platform spends per running container beyond the app's own processes (the
+init's RSS plus the daemon's growth).
 
     python bench/runtime_start.py [--rounds N] [--containers N] [--json]
 
