@@ -12,6 +12,7 @@ from urllib.parse import urlparse
 import pytest
 
 from runtime import cgroups
+from runtime.client import DaemonError
 from tests.runtime.daemon_fixtures import (  # noqa: F401  (fixtures)
     Daemon,
     Image,
@@ -97,6 +98,21 @@ def test_it_keeps_the_inits_descriptors_and_environment_from_the_app(rt: Daemon,
         env={"SECRET": "x"},
     )
     assert out.split() == ["fd=1", "env=1", "cwd=1"]
+
+
+def test_it_gives_the_container_a_cgroup_namespace_rooted_at_its_own_cgroup(rt: Daemon, tiny: Image) -> None:
+    _, out = run_to_exit(rt, tiny, ["cat", "/proc/self/cgroup"])
+    mine = {line.split(":")[1]: line.split(":")[2] for line in out.splitlines()}
+    for controller in ("memory", "pids", "cpu", "cpuacct"):
+        assert mine[controller] == "/"  # the host's hierarchy above it is invisible
+
+
+def test_it_refuses_to_start_in_a_working_directory_that_does_not_exist(rt: Daemon, tiny: Image) -> None:
+    config = {"config": {**tiny.config["config"], "WorkingDir": "/nowhere"}}
+    spec = rt.spec(tiny, ["true"])
+    rt.client.create(spec, tiny.layers, config)
+    with pytest.raises(DaemonError, match="cannot change to the working directory /nowhere"):
+        rt.client.start(spec["id"])
 
 
 def test_it_builds_a_minimal_dev_with_the_real_null_device(rt: Daemon, tiny: Image) -> None:
