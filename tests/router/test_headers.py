@@ -162,3 +162,18 @@ def test_it_keeps_the_upgrade_headers_of_a_101_response() -> None:
     p = plan(101, [(b"Upgrade", b"websocket"), (b"Connection", b"Upgrade")], upgraded=True)
     assert b"Connection: Upgrade\r\nUpgrade: websocket\r\n" in p.head
     assert p.framing == NO_BODY and not p.keep_alive
+
+
+def test_it_gives_each_forked_worker_its_own_request_id_prefix() -> None:
+    import os
+
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child writes one id and leaves at once
+        os.write(write_end, new_request_id().encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child = os.read(read_end, 100).decode()
+    os.close(read_end)
+    os.close(write_end)
+    assert child[:24] != new_request_id()[:24]
