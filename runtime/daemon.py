@@ -288,46 +288,43 @@ class Runtime:
         except cgroups.CgroupError as exc:
             raise OpError(f"cannot set up the container's cgroup: {exc}", "internal") from None
         paths.exit.unlink(missing_ok=True)
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         attach = self.network is not None and spec.network.mode == "bridge"
         fast = _fast_network(self.network) if attach else None
+        loop = asyncio.get_running_loop()
+        prepared: asyncio.Future[tuple[str, str, Callable[[], None] | None]] | None = None
         nat_done: asyncio.Future[Any] | None = None
         net_args: list[str] = []
         if fast is not None:
             # The setup process plugs the container in itself (one netlink message, a few
-            # ioctls); only the NAT rule needs iptables, run meanwhile, before the app starts.
-            try:
-                net_args, rec.ip, nat = await asyncio.get_running_loop().run_in_executor(
-                    self._net_pool, fast.prepare, spec.id, spec.network.nat
-                )
-            except Exception as exc:
-                self._release(rec)
-                raise OpError(f"cannot attach the container to the network: {exc}", "internal") from None
-            if nat is not None:
-                nat_done = asyncio.get_running_loop().run_in_executor(self._net_pool, nat)
+            # ioctls) with the address the allocator gives meanwhile; only the NAT rule needs
+            # iptables, and the app waits for it.
+            prepared = loop.run_in_executor(self._net_pool, fast.prepare, spec.id, spec.network.nat)
+            net_args = ["--net-bridge", fast.net.bridge, "--net-veth", fast.veth_name(spec.id)]
             attach = False
+        wait_for_go = attach or (fast is not None and spec.network.nat)
         args = p.init_args(
-            self.init, paths, layers, cg.procs_files(), self.log_max_bytes,
-            attach or nat_done is not None, net_args,
+            self.init, paths, layers, cg.procs_files(), self.log_max_bytes, wait_for_go, net_args
         )
         try:
-            outer = os.posix_spawn(
-                str(self.init),
-                args,
-                dict(p.env),
-                file_actions=[
-                    (os.POSIX_SPAWN_DUP2, theirs.fileno(), 3),
-                    (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
-                    (os.POSIX_SPAWN_OPEN, 1, "/dev/null", os.O_WRONLY, 0),
-                    (os.POSIX_SPAWN_OPEN, 2, str(paths.init_err), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600),
-                ],
-                setsid=True,
-            )
-        finally:
-            theirs.close()
+            outer, ours = self._spawn(args, p.env, paths.init_err)
+        except OSError as exc:
+            if prepared is not None:
+                with contextlib.suppress(Exception):
+                    await prepared
+                rec.ip = ""  # let the network undo what the allocator did
+            self._release(rec)
+            raise OpError(f"cannot start the container's init: {exc}", "internal") from None
         ours.setblocking(False)
         lines = _Lines(ours)
         try:
+            if prepared is not None:
+                try:
+                    net_line, rec.ip, nat = await prepared
+                except Exception as exc:
+                    raise OpError(f"cannot attach the container to the network: {exc}", "internal") from None
+                await loop.sock_sendall(ours, net_line.encode())
+                if nat is not None:
+                    nat_done = loop.run_in_executor(self._net_pool, nat)
             first = await lines.readline()
             if not first.startswith("pid "):
                 raise OpError(self._init_failure(first, paths), "invalid")
@@ -356,9 +353,17 @@ class Runtime:
             if not second.startswith("ok "):
                 raise OpError(self._init_failure(second, paths), "invalid")
         except BaseException:
+            # Closing our end ends a setup process or init still waiting for us (they read EOF).
+            with contextlib.suppress(OSError):
+                lines.buf += ours.recv(4096)
+            ours.close()
             if outer:
                 with contextlib.suppress(ChildProcessError):
                     os.waitpid(outer, 0)
+            if not rec.pid and lines.buf.startswith(b"pid "):
+                rec.pid = int(lines.buf.split()[1])
+            if prepared is not None and rec.ip is None:
+                rec.ip = ""  # whatever the allocator did, let the network undo it
             if rec.pid:
                 with contextlib.suppress(ProcessLookupError, ChildProcessError):
                     os.kill(rec.pid, signal.SIGKILL)
@@ -372,6 +377,29 @@ class Runtime:
         self._save(rec)
         self._watch(rec)
         self._emit(rec, "running")
+
+    def _spawn(self, args: list[str], env: Mapping[str, str], err: Path) -> tuple[int, socket.socket]:
+        """Start the init's setup process; return its pid and our end of its sync socket."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            pid = os.posix_spawn(
+                str(self.init),
+                args,
+                dict(env),
+                file_actions=[
+                    (os.POSIX_SPAWN_DUP2, theirs.fileno(), 3),
+                    (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
+                    (os.POSIX_SPAWN_OPEN, 1, "/dev/null", os.O_WRONLY, 0),
+                    (os.POSIX_SPAWN_OPEN, 2, str(err), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600),
+                ],
+                setsid=True,
+            )
+        except OSError:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        return pid, ours
 
     def _init_failure(self, line: str, paths: Paths) -> str:
         if line.startswith("error "):
@@ -612,11 +640,15 @@ class _FastNetwork:
     def __init__(self, net: Any) -> None:
         self.net = net
 
-    def prepare(self, cid: str, nat: bool) -> tuple[list[str], str, Callable[[], None] | None]:
+    def veth_name(self, cid: str) -> str:
+        return "p" + hashlib.sha256(f"{self.net.bridge}/{cid}".encode()).hexdigest()[:12]
+
+    def prepare(self, cid: str, nat: bool) -> tuple[str, str, Callable[[], None] | None]:
+        """Allocate the address and record the attachment; return the init's `net` line."""
         from runtime.network import Attachment
 
         net = self.net
-        host_veth = "p" + hashlib.sha256(f"{net.bridge}/{cid}".encode()).hexdigest()[:12]
+        host_veth = self.veth_name(cid)
         path = Path(net.state_dir) / "attachments" / f"{cid}.json"
         if path.exists() or Path("/sys/class/net", host_veth).exists():
             net.detach(cid)  # left over from a crash
@@ -626,15 +658,12 @@ class _FastNetwork:
             host_veth=host_veth, nat=nat,
         )
         path.write_text(json.dumps(dataclasses.asdict(att)))
-        args = [
-            "--net-bridge", net.bridge, "--net-veth", host_veth,
-            "--net-addr", f"{ip}/{net.subnet.prefixlen}", "--net-gateway", net.gateway,
-        ]
+        line = f"net {ip}/{net.subnet.prefixlen} {net.gateway}\n"
 
         def add_nat() -> None:
             net._ipt("nat", "-A", net.chain, *net._masquerade_rule(att))
 
-        return args, ip, add_nat if nat else None
+        return line, ip, add_nat if nat else None
 
 
 def _fast_network(network: object) -> _FastNetwork | None:

@@ -9,8 +9,8 @@
  *
  * run: the outer process unshares the mount, UTS, IPC, network and PID namespaces, forks the
  * init, moves it into the container's cgroups (while the init builds the root; the init then
- * unshares its cgroup namespace), writes the init's pid ("pid N\n") to the sync socket (fd 3)
- * and exits; the daemon is a child subreaper, so the init becomes its child. The
+ * unshares its cgroup namespace), writes the init's pid ("pid N\n") to the sync socket (fd 3),
+ * plugs in the network if asked to (see read_net_line) and exits; the daemon is a child subreaper, so the init becomes its child. The
  * init mounts the overlay root, /proc, /sys, /dev, pivots into it, masks /proc paths, then waits
  * for a "go" byte on the sync socket (the daemon plugs in networking meanwhile; `--wait none`
  * skips this for a container without networking), forks the app
@@ -472,6 +472,24 @@ static void eth0_configure(void) {
     close(s);
 }
 
+/* Read "net <addr>/<prefixlen> <gateway>\n" byte by byte: what follows on the socket is the
+ * init's. */
+static void read_net_line(void) {
+    static char line[128];
+    size_t n = 0;
+    while (n < sizeof line - 1) {
+        if (read(sync_fd, &line[n], 1) != 1) _exit(125); /* the daemon gave up */
+        if (line[n] == '\n') break;
+        n++;
+    }
+    line[n] = 0;
+    static char addr[64], gateway[64];
+    if (sscanf(line, "net %63[0-9.]/%d %63[0-9.]", addr, &opt.prefixlen, gateway) != 3)
+        die("malformed network line from the daemon");
+    opt.addr = addr;
+    opt.gateway = gateway;
+}
+
 /* --- PID 1 ---------------------------------------------------------------------------------- */
 
 struct stream { int fd; const char *name; char buf[16384]; size_t len; };
@@ -633,7 +651,7 @@ static int run_main(void) {
     int host_nl = -1;
     unsigned bridge_index = 0;
     if (opt.veth) {
-        if (!opt.bridge || !opt.addr || !opt.gateway) die("networking needs --net-bridge, --net-addr and --net-gateway");
+        if (!opt.bridge) die("networking needs --net-bridge");
         host_nl = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE);
         if (host_nl < 0) die("netlink: %m");
         bridge_index = if_nametoindex(opt.bridge); /* in the host's namespace, so before unshare */
@@ -641,26 +659,32 @@ static int run_main(void) {
     }
     if (unshare(CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET | CLONE_NEWPID) < 0)
         die("unshare: %m");
-    if (opt.veth) {
-        int ns = open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC);
-        if (ns < 0) die("open own netns: %m");
-        veth_create(host_nl, ns, bridge_index);
-        close(ns);
-        close(host_nl);
-        eth0_configure();
-    }
+    /* Opened now: the init, which shares our mount namespace, is about to pivot away from /proc. */
+    int netns = opt.veth ? open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC) : -1;
+    if (opt.veth && netns < 0) die("open own netns: %m");
     pid_t init = fork();
     if (init < 0) die("fork: %m");
     if (init == 0) {
         close(joined[1]);
+        if (host_nl >= 0) close(host_nl);
+        if (netns >= 0) close(netns);
         log_open();
         if (log_fd < 0) die("open container.log: %m");
         init_main(joined[0]);
     }
     close(joined[0]);
-    join_cgroups(init);
     /* "pid" first: the init answers on the same socket as soon as it may go on. */
     dprintf(sync_fd, "pid %d\n", init);
+    if (opt.veth) {
+        /* The init builds its root meanwhile; without --net-addr the daemon sends the address
+         * once its allocator has one ("net <addr>/<prefixlen> <gateway>"). */
+        if (!opt.addr) read_net_line();
+        veth_create(host_nl, netns, bridge_index);
+        close(netns);
+        close(host_nl);
+        eth0_configure();
+    }
+    join_cgroups(init);
     if (write(joined[1], "j", 1) != 1) die("tell the init: %m");
     close(joined[1]);
     return 0;
