@@ -77,6 +77,20 @@ _REQUEST_KINDS.update({
     b"x-forwarded-for": _FORWARDED_FOR, b"via": _VIA,
 })
 _CONNECTION_OPTIONS = frozenset({b"keep-alive", b"close", b"upgrade"})
+_PASS = -1
+# Header names as apps and clients spell them, mapped to what to do with them: they repeat the
+# same few spellings, so this saves lower-casing every name of every message.
+_raw_response_kinds: dict[bytes, int] = {}
+_raw_request_kinds: dict[bytes, int] = {}
+_status_lines: dict[tuple[int, bytes], bytes] = {}
+_RAW_CACHE_LIMIT = 4096
+
+
+def _request_kind(name: bytes) -> int:
+    kind = _REQUEST_KINDS.get(name.lower(), _PASS)
+    if len(_raw_request_kinds) < _RAW_CACHE_LIMIT:
+        _raw_request_kinds[name] = kind
+    return kind
 
 
 def inspect_request(headers: Headers) -> RequestInfo:
@@ -94,10 +108,12 @@ def inspect_request(headers: Headers) -> RequestInfo:
     transfer: list[bytes] = []
     upgrade: bytes | None = None
     hosts = 0
-    kinds = _REQUEST_KINDS
+    raw_kinds = _raw_request_kinds
     for name, value in headers:
-        kind = kinds.get(name.lower())
+        kind = raw_kinds.get(name)
         if kind is None:
+            kind = _request_kind(name)
+        if kind == _PASS:
             forward += (name, b": ", value, b"\r\n")
         elif kind == _HOST:
             hosts += 1
@@ -233,6 +249,13 @@ _RESPONSE_KINDS.update({
 })
 
 
+def _response_kind(name: bytes) -> int:
+    kind = _RESPONSE_KINDS.get(name.lower(), _PASS)
+    if len(_raw_response_kinds) < _RAW_CACHE_LIMIT:
+        _raw_response_kinds[name] = kind
+    return kind
+
+
 def response_head(
     status: int,
     reason: bytes,
@@ -245,20 +268,27 @@ def response_head(
     upgraded: bool = False,
 ) -> ResponsePlan:
     """Build the response head the client receives and decide the body framing on both sides."""
-    tokens: set[bytes] = set()
+    tokens: set[bytes] | None = None
     length: bytes | None = None
     length_name = b"Content-Length"
     chunked = False
     via_seen: bytes | None = None
     upgrade = b"websocket"
-    forward: list[bytes] = []
-    kinds = _RESPONSE_KINDS
+    status_line = _status_lines.get((status, reason))
+    if status_line is None:
+        status_line = b"HTTP/1.1 %d %s\r\n" % (status, reason or b"-")
+        if len(_status_lines) < _RAW_CACHE_LIMIT:
+            _status_lines[(status, reason)] = status_line
+    forward: list[bytes] = [status_line]
+    raw_kinds = _raw_response_kinds
     for name, value in headers:
-        kind = kinds.get(name.lower())
+        kind = raw_kinds.get(name)
         if kind is None:
+            kind = _response_kind(name)
+        if kind == _PASS:
             forward += (name, b": ", value, b"\r\n")
         elif kind == _CONNECTION:
-            tokens |= _tokens(value)
+            tokens = _tokens(value) if tokens is None else tokens | _tokens(value)
         elif kind == _LENGTH:
             length, length_name = value, name
         elif kind == _TRANSFER:
@@ -278,24 +308,25 @@ def response_head(
         app_framing = UNTIL_CLOSE
         framing = CHUNKED if client_http11 else UNTIL_CLOSE
     keep_alive = client_keep_alive and framing != UNTIL_CLOSE and not upgraded
-    named = tokens - _CONNECTION_OPTIONS
-    if named:  # fields the app declared hop-by-hop in Connection stay on its side
-        forward = [
-            piece
-            for i in range(0, len(forward), 4)
-            if forward[i].lower() not in named
-            for piece in forward[i : i + 4]
-        ]
-    tail = [b"Via: ", via_seen + b", " + via if via_seen else via, b"\r\n"]
+    if tokens is not None:
+        named = tokens - _CONNECTION_OPTIONS
+        if named:  # fields the app declared hop-by-hop in Connection stay on its side
+            forward = [status_line] + [
+                piece
+                for i in range(1, len(forward), 4)
+                if forward[i].lower() not in named
+                for piece in forward[i : i + 4]
+            ]
+    forward += (b"Via: ", via_seen + b", " + via if via_seen else via, b"\r\n")
     if length is not None and (framing == LENGTH or (framing == NO_BODY and head_request)):
-        tail += (length_name, b": ", length, b"\r\n")
+        forward += (length_name, b": ", length, b"\r\n")
     if upgraded:
-        tail += (b"Connection: Upgrade\r\nUpgrade: ", upgrade, b"\r\n")
-    elif framing == CHUNKED:
-        tail.append(b"Transfer-Encoding: chunked\r\n")
-    if not upgraded and status >= 200:
-        tail.append(b"Connection: keep-alive\r\n\r\n" if keep_alive else b"Connection: close\r\n\r\n")
+        forward += (b"Connection: Upgrade\r\nUpgrade: ", upgrade, b"\r\n\r\n")
     else:
-        tail.append(b"\r\n")
-    head = b"".join((b"HTTP/1.1 %d %s\r\n" % (status, reason or b"-"), *forward, *tail))
-    return ResponsePlan(head, framing, app_framing, keep_alive)
+        if framing == CHUNKED:
+            forward.append(b"Transfer-Encoding: chunked\r\n")
+        if status >= 200:
+            forward.append(b"Connection: keep-alive\r\n\r\n" if keep_alive else b"Connection: close\r\n\r\n")
+        else:
+            forward.append(b"\r\n")
+    return ResponsePlan(b"".join(forward), framing, app_framing, keep_alive)
