@@ -1,0 +1,193 @@
+"""The reconcile plan: from desired state and observed containers to steps. Pure: no Django, no I/O.
+
+Desired state is one release of an app (its image) times the formation (quantity and size per
+process type). Observed state is the app's containers as the control plane last recorded them.
+`plan` returns what to start (process type, number, release, host) and what to stop, such that
+running it and observing the result, again and again, converges:
+
+- Containers that are gone (`exited`, `failed`, `oom`) or on a host that is `down` (or
+  unknown) are stopped; a current-release one is replaced. A crash is replaced after a back-off
+  (1, 2, 4, ... seconds, at most `BACKOFF_MAX_S`) that grows with its restarts; until then its
+  row stays and the plan says when to look again (`retry_at`).
+- New containers start first: the current release gets its full quantity at once (surge =
+  quantity). Containers of older releases, and those on a `draining` host, are stopped only as
+  current-release ones become `ready`: at every moment, ready new + old kept >= quantity.
+- Surplus current-release containers (scaled down) stop at once, the not-ready ones first.
+- Process types no longer in the formation (or scaled to 0) stop entirely.
+- An app whose release has no image yet gets an empty plan: nothing to run, nothing removed.
+
+Hosts for new containers come from `placement.place`, with the app's surviving containers
+counted for the spread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from scheduler.placement import HostCapacity, Request, place
+
+LIVE = frozenset({"starting", "running", "ready"})
+GONE = frozenset({"exited", "failed", "oom"})
+BACKOFF_MAX_S = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessType:
+    """One line of the formation: how many, how big, and which host labels they need."""
+
+    type: str
+    quantity: int
+    memory_mb: int
+    cpu: float
+    constraints: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Desired:
+    app: str
+    release: int
+    image: str | None
+    processes: tuple[ProcessType, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Observed:
+    """A container as recorded: `finished_at` (epoch seconds) is set once it has stopped."""
+
+    id: str
+    type: str
+    number: int
+    release: int
+    host: str | None
+    state: str
+    restarts: int = 0
+    finished_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Start:
+    type: str
+    number: int
+    release: int
+    host: str
+    memory_mb: int
+    cpu: float
+    restarts: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    container_id: str
+    host: str | None
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    starts: tuple[Start, ...] = ()
+    stops: tuple[Stop, ...] = ()
+    unplaced: tuple[str, ...] = ()  # why some containers fit on no host
+    retry_at: float | None = None  # when a back-off ends and the plan will differ
+    converged: bool = False  # every wanted container of the release is ready, nothing else runs
+
+    @property
+    def empty(self) -> bool:
+        return not self.starts and not self.stops
+
+
+def backoff_s(restarts: int) -> float:
+    """Seconds to wait before replacing a container that crashed `restarts` times before."""
+    return float(min(BACKOFF_MAX_S, 2 ** min(restarts, 16)))
+
+
+def plan(
+    desired: Desired,
+    observed: Sequence[Observed],
+    hosts: Sequence[HostCapacity],
+    now: float,
+) -> Plan:
+    """Compute the steps that move `observed` towards `desired` (see the module docstring)."""
+    if desired.image is None:
+        return Plan()
+    host_state = {h.name: h.state for h in hosts}
+    wanted = {p.type: p for p in desired.processes if p.quantity > 0}
+    by_type: dict[str, list[Observed]] = {}
+    for c in observed:
+        by_type.setdefault(c.type, []).append(c)
+
+    stops: list[Stop] = []
+    requests: list[tuple[Request, ProcessType, int, int]] = []  # request, type, number, restarts
+    retry_at: float | None = None
+    converged = True
+    surviving: dict[str, int] = {}
+
+    for ptype in sorted(set(by_type) | set(wanted)):
+        containers = sorted(by_type.get(ptype, []), key=lambda c: (c.number, c.id))
+        want = wanted.get(ptype)
+        quantity = want.quantity if want else 0
+        current: list[Observed] = []
+        old: list[Observed] = []
+        crashed: list[Observed] = []  # current release, gone, waiting out the back-off
+        restarts_of: dict[int, int] = {}
+        for c in containers:
+            state_of_host = host_state.get(c.host or "", "down")
+            if state_of_host == "down":
+                stops.append(Stop(c.id, c.host, "its host is down"))
+                continue
+            if c.state in GONE:
+                if c.release == desired.release and want is not None:
+                    end = (c.finished_at or now) + backoff_s(c.restarts)
+                    if now < end:
+                        crashed.append(c)
+                        retry_at = end if retry_at is None else min(retry_at, end)
+                        continue
+                    restarts_of[c.number] = max(restarts_of.get(c.number, 0), c.restarts + 1)
+                stops.append(Stop(c.id, c.host, f"it is {c.state}"))
+                continue
+            if c.release == desired.release and state_of_host == "ready":
+                current.append(c)
+            else:
+                old.append(c)
+
+        # Keep the ready ones, then the lowest numbers; stop the surplus.
+        slots = max(0, quantity - len(crashed))
+        current.sort(key=lambda c: (c.state != "ready", c.number, c.id))
+        for c in current[slots:]:
+            stops.append(Stop(c.id, c.host, "the formation asks for fewer"))
+        kept = current[:slots]
+        ready_new = sum(1 for c in kept if c.state == "ready")
+
+        used = {c.number for c in kept} | {c.number for c in crashed}
+        number = 0
+        for _ in range(slots - len(kept)):
+            number += 1
+            while number in used:
+                number += 1
+            used.add(number)
+            assert want is not None
+            req = Request(desired.app, ptype, want.memory_mb, want.cpu, want.constraints)
+            requests.append((req, want, number, restarts_of.get(number, 0)))
+
+        # Old containers go only as new ones are ready; the ready old ones are kept longest.
+        keep_old = max(0, quantity - ready_new)
+        old.sort(key=lambda c: (c.state != "ready", c.number, c.id))
+        for c in old[keep_old:]:
+            stops.append(Stop(c.id, c.host, "replaced by a ready container of the current release"))
+        for c in [*kept, *old[:keep_old]]:
+            if c.host:
+                surviving[c.host] = surviving.get(c.host, 0) + 1
+        if ready_new < quantity or old or crashed:
+            converged = False
+
+    assignments = place([r for r, _, _, _ in requests], hosts, {desired.app: surviving})
+    starts: list[Start] = []
+    unplaced: list[str] = []
+    for (_, want, number, restarts), a in zip(requests, assignments, strict=True):
+        if a.host is None:
+            unplaced.append(a.reason)
+            continue
+        starts.append(Start(want.type, number, desired.release, a.host, want.memory_mb, want.cpu, restarts))
+    if starts or stops or unplaced:
+        converged = False
+    return Plan(tuple(starts), tuple(stops), tuple(dict.fromkeys(unplaced)), retry_at, converged)
