@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import dataclasses
 import hashlib
 import json
 import os
@@ -633,8 +632,8 @@ class Runtime:
 class _FastNetwork:
     """Plug containers into a `HostNetwork` from the init's setup process instead of pyroute2.
 
-    The address comes from the network's allocator and the attachment is recorded in its format,
-    so `HostNetwork.detach` undoes it like one of its own.
+    `HostNetwork.reserve` gives the address and records the attachment, so `detach` undoes it
+    like one of `attach`'s; `nat_enable` adds the NAT rule.
     """
 
     def __init__(self, net: Any) -> None:
@@ -645,25 +644,14 @@ class _FastNetwork:
 
     def prepare(self, cid: str, nat: bool) -> tuple[str, str, Callable[[], None] | None]:
         """Allocate the address and record the attachment; return the init's `net` line."""
-        from runtime.network import Attachment
-
         net = self.net
-        host_veth = self.veth_name(cid)
-        path = Path(net.state_dir) / "attachments" / f"{cid}.json"
-        if path.exists() or Path("/sys/class/net", host_veth).exists():
-            net.detach(cid)  # left over from a crash
-        ip = str(net.ipam.allocate(cid))
-        att = Attachment(
-            container_id=cid, ip=ip, gateway=net.gateway, prefixlen=net.subnet.prefixlen,
-            host_veth=host_veth, nat=nat,
-        )
-        path.write_text(json.dumps(dataclasses.asdict(att)))
-        line = f"net {ip}/{net.subnet.prefixlen} {net.gateway}\n"
+        att = net.reserve(cid, self.veth_name(cid), nat)
+        line = f"net {att.ip}/{att.prefixlen} {att.gateway}\n"
 
         def add_nat() -> None:
-            net._ipt("nat", "-A", net.chain, *net._masquerade_rule(att))
+            net.nat_enable(att)
 
-        return line, ip, add_nat if nat else None
+        return line, str(att.ip), add_nat if nat else None
 
 
 def _fast_network(network: object) -> _FastNetwork | None:
