@@ -20,6 +20,7 @@ Sources:
 from __future__ import annotations
 
 import functools
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -86,7 +87,12 @@ def _parse_entry(entry_id: str, fields: dict[str, str]) -> LogLine:
     return LogLine(id=entry_id, time=when, tag=fields.get("tag", ""), line=fields.get("line", ""))
 
 
+_STREAM_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
+
+
 def _tail(key: str, after: str | None, count: int) -> LogTail:
+    if after is not None and not _STREAM_ID.fullmatch(after):
+        after = None  # not a cursor this module handed out: start from the newest lines
     try:
         if after:
             # Exclusive start: only entries newer than the last one shown.

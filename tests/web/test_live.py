@@ -194,3 +194,10 @@ def test_it_draws_the_last_hour_of_metrics_as_charts(client: Client, acme: Acme,
         assert 'aria-label="Requests over the last hour, peak 1 req/min.' in part
     finally:
         r.delete(*{str(c[1]) for c in commands})
+
+
+def test_it_starts_from_the_newest_lines_when_the_cursor_is_not_one(r: redis.Redis,
+                                                                    app_name: str) -> None:
+    r.xadd(logs_key(app_name), {"tag": "router", "line": "only line"})
+    tail = live.app_log_tail(app_name, after="garbage")
+    assert tail.available and [line.line for line in tail.lines] == ["only line"]

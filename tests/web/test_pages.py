@@ -275,3 +275,17 @@ def test_it_lists_builds_with_commit_state_author_and_duration(client: Client, a
     assert "89abcde" in page and "succeeded" in page and "mia" in page and "2m 5s" in page
     detail = client.get(f"/apps/shop/builds/{build.pk}/").content.decode()
     assert "Python app detected" in detail and "took 2m 5s" in detail
+
+
+@pytest.mark.parametrize(("method", "url", "data"), [
+    ("post", "/account/tokens/", {"description": "a\x00b"}),
+    ("post", "/teams/acme/members/", {"user": "a\x00b", "role": "member"}),
+    ("post", "/apps/", {"name": "abc", "team": "a\x00b"}),
+    ("post", "/apps/shop/domains/remove/", {"hostname": "a\x00b"}),
+    ("get", "/apps/shop/config/a%00b/reveal/", {}),
+])
+def test_it_refuses_nul_characters_with_a_message(client: Client, acme: Acme, method: str,
+                                                  url: str, data: dict[str, str]) -> None:
+    response = getattr(login(client, acme.owner), method)(url, data)
+    assert response.status_code == 400
+    assert b"Input may not contain NUL characters." in response.content

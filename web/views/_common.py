@@ -13,7 +13,7 @@ from django.contrib.auth.views import redirect_to_login
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import render, resolve_url
 
-from core.errors import ActionError, Forbidden, NotFound
+from core.errors import ActionError, Forbidden, Invalid, NotFound
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import User
@@ -53,6 +53,16 @@ def _login_again(request: HttpRequest) -> HttpResponse:
     return redirect_to_login(request.get_full_path())
 
 
+def _has_nul(request: HttpRequest, kwargs: dict[str, Any]) -> bool:
+    """Whether any input holds a NUL character, which PostgreSQL text can neither store nor
+    compare: such input is refused here rather than failing deep inside a query."""
+    values = [v for v in kwargs.values() if isinstance(v, str)]
+    for query in (request.GET, request.POST):
+        for _, items in query.lists():
+            values.extend(items)
+    return any("\x00" in value for value in values)
+
+
 def dashboard_view(view: View) -> View:
     """Require a logged-in user; show NotFound and Forbidden from reads and actions as pages."""
 
@@ -60,6 +70,8 @@ def dashboard_view(view: View) -> View:
     def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
         if not request.user.is_authenticated:
             return _login_again(request)
+        if _has_nul(request, kwargs):
+            return error_page(request, Invalid("Input may not contain NUL characters."))
         try:
             return view(request, *args, **kwargs)
         except (NotFound, Forbidden) as exc:

@@ -132,7 +132,10 @@ def app_scale(request: HttpRequest, name: str) -> HttpResponse:
         update: dict[str, object] = {"type": ptype}
         raw_quantity = request.POST.get(f"quantity-{ptype}", "").strip()
         if raw_quantity:
-            update["quantity"] = int(raw_quantity) if raw_quantity.isdigit() else raw_quantity
+            # Plain ASCII digits of sane length become a number; anything else goes to the
+            # action as typed, whose validator explains what a quantity must be.
+            wellformed = raw_quantity.isascii() and raw_quantity.isdigit() and len(raw_quantity) < 10
+            update["quantity"] = int(raw_quantity) if wellformed else raw_quantity
         size = request.POST.get(f"size-{ptype}", "").strip()
         if size:
             update["size"] = size
