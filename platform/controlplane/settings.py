@@ -47,6 +47,7 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",  # Swagger UI served by the platform itself, no CDN
     "core",
     "web",
+    "gitserver",
 ]
 
 MIDDLEWARE = [

@@ -13,6 +13,7 @@ handler500 = errors.handler500
 
 urlpatterns: list[URLPattern | URLResolver] = [
     path("api/v1/", include("restapi.urls")),
+    path("git/", include("gitserver.urls")),
     # Anything else under /api/ answers a JSON 404, never an HTML page.
     re_path(r"^api/", ApiNotFoundView.as_view()),
 ]

@@ -1,0 +1,128 @@
+"""Build a pushed commit into an image and a release, reporting every line as it happens."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from builder.buildpack import BuildRequest, build, default_cache_dir
+from builder.errors import BuildError
+from builder.executor import HostExecutor
+from builder.image import assemble_image
+from builder.source import checkout
+from controlplane.env import data_dir, env_int, env_str
+from core.actions import build_create, build_finish
+from core.errors import ActionError
+from core.models import App
+from runtime.client import runtime_root
+from runtime.images import ImageError, ImageStore
+
+log = logging.getLogger(__name__)
+
+DEFAULT_STACK = "stack:debian-13"
+
+
+class ClientGone(Exception):
+    """The git client hung up; the build is cancelled."""
+
+
+@dataclass
+class Outcome:
+    ok: bool
+    reason: str  # for the client's `! [remote rejected] main -> main (<reason>)`
+
+
+def image_store() -> ImageStore:
+    return ImageStore(runtime_root() / "images")
+
+
+def stack_reference() -> str:
+    """PAAS_BUILD_STACK: the stack image apps are built on (default `stack:debian-13`)."""
+    return env_str("PAAS_BUILD_STACK", DEFAULT_STACK)
+
+
+def run_build(*, app: App, user: object, commit: str, repo: Path,
+              say: Callable[[str], None]) -> Outcome:
+    """Build `commit` of `app`; record the Build (and the release if good) either way.
+
+    `say` sends one line to the client; it raises ClientGone once the client has hung up, which
+    cancels the build (the builder kills the running step) and records it as failed.
+    """
+    lines: list[str] = []
+
+    def out(line: str) -> None:
+        lines.append(line)
+        say(line)
+
+    record = build_create(actor=user, app=app, commit=commit)  # type: ignore[arg-type]
+    started = time.monotonic()
+    scratch = Path(tempfile.mkdtemp(prefix=f"paas-push-{app.name}-"))
+    stack = stack_reference()
+    try:
+        out(f"-----> Building {commit[:7]} of {app.name} (build {record.pk}) on {stack}")
+        store = image_store()
+        if not store.exists(stack):
+            raise BuildError(f"The stack image {stack!r} is not on this host; build it with "
+                             f"`python -m runtime.stacks build {stack.removeprefix('stack:')}`.")
+        checkout(repo, commit, scratch / "src")
+        result = build(
+            BuildRequest(
+                app=app.name, source_dir=scratch / "src", work_dir=scratch / "work",
+                cache_dir=default_cache_dir(app.name, data_dir()), config=app.config(),
+                build_id=str(record.pk), commit=commit, stack=stack.removeprefix("stack:"),
+                timeout=float(env_int("PAAS_BUILD_TIMEOUT_S", 900)),
+                progress_interval=float(env_int("PAAS_BUILD_PROGRESS_S", 20)),
+            ),
+            HostExecutor(),
+            out,
+        )
+        out("-----> Assembling the image")
+        digest = assemble_image(store, stack=stack, slug=result.slug, fragment=result.image_config,
+                                reference=f"app/{app.name}:build-{record.pk}")
+        release = build_finish(
+            actor=user, build=record, succeeded=True, image_digest=digest,  # type: ignore[arg-type]
+            process_types=result.process_types.as_label(), slug_size=result.slug.size,
+            log="\n".join(lines),
+        )
+        assert release is not None
+        out(f"       Image {digest[:19]}, slug {result.slug.size / 1e6:.1f} MB, "
+            f"built in {time.monotonic() - started:.1f} s")
+        out(f"-----> Released v{release.version}")
+        out(f"       {app.url} deployed")
+        return Outcome(True, "")
+    except ClientGone:
+        lines.append(" !     The git client disconnected; the build was cancelled.")
+        _fail(user, record, lines)
+        raise
+    except (BuildError, ImageError, ActionError) as e:
+        _say_failed(out, str(e))
+        _fail(user, record, lines)
+        return Outcome(False, "build failed")
+    except Exception:
+        log.exception("build %s of %s failed unexpectedly", record.pk, app.name)
+        _say_failed(out, f"The build failed on the server (build {record.pk}); see its log.")
+        _fail(user, record, lines)
+        return Outcome(False, "build failed")
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _say_failed(out: Callable[[str], None], message: str) -> None:
+    try:
+        for line in message.splitlines() or [""]:
+            out(f" !     {line}")
+        out(" !     Push rejected, failed to build the app.")
+    except ClientGone:
+        pass  # nobody is listening any more; the build is recorded as failed all the same
+
+
+def _fail(user: object, record: object, lines: list[str]) -> None:
+    try:
+        build_finish(actor=user, build=record, succeeded=False, log="\n".join(lines))  # type: ignore[arg-type]
+    except Exception:
+        log.exception("cannot record the failed build")

@@ -1,0 +1,202 @@
+"""A real control plane (gunicorn, SQLite in a throw-away data dir, its own redis-server) with
+the tiny busybox image as the build stack, and people who push to it with the real `git`."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+@dataclass
+class Server:
+    url: str
+    env: dict[str, str]
+    data: Path
+    log: Path
+
+    def shell(self, code: str) -> str:
+        result = subprocess.run(
+            [sys.executable, str(ROOT / "manage.py"), "shell", "--verbosity", "0", "-c", code],
+            cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=120,
+        )
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    def query(self, code: str) -> object:
+        """Run `code`, which sets `out`, in the server's Django; return `out` (JSON)."""
+        return json.loads(self.shell(code + "\nimport json; print(json.dumps(out))").splitlines()[-1])
+
+
+@pytest.fixture(scope="session")
+def server() -> Iterator[Server]:
+    work = Path(tempfile.mkdtemp(prefix="paas-git-"))
+    port, redis_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("PAAS_") and k not in ("DATABASE_URL", "REDIS_URL")}
+    env.update({
+        "PAAS_DATA_DIR": str(work / "data"),
+        "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
+        "PAAS_SECRET_KEY": "git-" + uuid.uuid4().hex,
+        "PAAS_BUILD_STACK": "tiny",
+        "PAAS_BUILD_PROGRESS_S": "1",
+        "PAAS_GIT_MAX_REPO_MB": "8",
+        "PAAS_DOMAIN": "apps.test",
+    })
+    redis = subprocess.Popen(
+        ["redis-server", "--bind", "127.0.0.1", "--port", str(redis_port), "--dir", str(work),
+         "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL, start_new_session=True,
+    )
+    web: subprocess.Popen[bytes] | None = None
+    log_path = work / "gunicorn.log"
+    log = open(log_path, "wb")  # noqa: SIM115 — closed in the finally below
+    try:
+        srv = Server(url=f"http://127.0.0.1:{port}", env=env, data=work / "data", log=log_path)
+        subprocess.run([sys.executable, str(ROOT / "manage.py"), "migrate", "--verbosity", "0"],
+                       cwd=ROOT, env=env, check=True, timeout=120)
+        subprocess.run(
+            [sys.executable, "-c", "import sys; from pathlib import Path; "
+             "from runtime.images import ImageStore; from runtime.tinyimage import build_tiny_image;"
+             "build_tiny_image(ImageStore(Path(sys.argv[1])))", str(work / "data/runtime/images")],
+            env=env, check=True, timeout=120,
+        )
+        web = subprocess.Popen(
+            [str(BIN / "gunicorn"), "controlplane.wsgi", "--bind", f"127.0.0.1:{port}",
+             "--workers", "1", "--worker-class", "gthread", "--threads", "6", "--timeout", "120"],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        deadline = time.monotonic() + 60
+        while True:
+            assert web.poll() is None, log_path.read_text()
+            try:
+                httpx.get(srv.url + "/api/v1/account", timeout=2)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, log_path.read_text()
+                time.sleep(0.2)
+        yield srv
+    finally:
+        for proc in (web, redis):
+            if proc is not None and proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+        log.close()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+@dataclass
+class Team:
+    """A team with an app, an owner who may deploy and a viewer who may not."""
+
+    app: str
+    owner: str
+    owner_token: str
+    viewer_token: str
+    remote: str = field(default="")
+
+
+@pytest.fixture
+def team(server: Server) -> Team:
+    app, owner, viewer, tname = unique("app"), unique("own"), unique("view"), unique("team")
+    tokens = server.query(
+        "from core.actions import token_create, user_create, team_create, member_add, app_create\n"
+        "from core.models import Role\n"
+        f"o = user_create(actor=None, username={owner!r}, email='o@example.com')\n"
+        f"v = user_create(actor=None, username={viewer!r}, email='v@example.com')\n"
+        f"t = team_create(actor=o, name={tname!r})\n"
+        "member_add(actor=o, team=t, user=v, role=Role.VIEWER)\n"
+        f"app_create(actor=o, name={app!r}, team=t)\n"
+        "out = [token_create(actor=o, description='t')[1], token_create(actor=v, description='t')[1]]\n"
+    )
+    assert isinstance(tokens, list)
+    return Team(app=app, owner=owner, owner_token=tokens[0], viewer_token=tokens[1])
+
+
+@dataclass
+class Git:
+    """The real git client in a work tree of its own, with no user or system configuration."""
+
+    dir: Path
+    home: Path
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("GIT_", "PAAS_"))}
+        env.update({"HOME": str(self.home), "XDG_CONFIG_HOME": str(self.home / ".config"),
+                    "GIT_CONFIG_NOSYSTEM": "1", "GIT_TERMINAL_PROMPT": "0", "LANG": "C.UTF-8",
+                    "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
+                    "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"})
+        return env
+
+    def run(self, *args: str, ok: bool = True, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(["git", *args], cwd=self.dir, env=self.env(), capture_output=True,
+                                text=True, timeout=timeout)
+        if ok:
+            assert result.returncode == 0, result.stdout + result.stderr
+        else:
+            assert result.returncode != 0, result.stdout + result.stderr
+        return result
+
+    def write(self, files: dict[str, str | bytes]) -> None:
+        for name, content in files.items():
+            path = self.dir / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(content, bytes):
+                path.write_bytes(content)
+            else:
+                path.write_text(content)
+
+    def commit(self, files: dict[str, str | bytes], message: str = "change") -> str:
+        self.write(files)
+        self.run("add", "-A")
+        self.run("commit", "-q", "-m", message)
+        return self.run("rev-parse", "HEAD").stdout.strip()
+
+    def head(self) -> str:
+        return self.run("rev-parse", "HEAD").stdout.strip()
+
+
+def remote_url(server: Server, app: str, token: str | None, user: str = "anyone") -> str:
+    host = server.url.removeprefix("http://")
+    auth = f"{user}:{token}@" if token is not None else ""
+    return f"http://{auth}{host}/git/{app}.git"
+
+
+@pytest.fixture
+def git(tmp_path: Path) -> Git:
+    work = tmp_path / "work"
+    work.mkdir()
+    g = Git(dir=work, home=tmp_path / "home")
+    g.home.mkdir()
+    g.run("init", "-q", "-b", "main")
+    return g
