@@ -41,5 +41,5 @@ def test_it_builds_a_pushed_procfile_app_and_releases_it(server: Server, team: T
     assert build["types"] == {"web": "busybox httpd -f -p $PORT", "worker": "sleep 1000"}
     assert build["rbuild"] == build["bid"]
     assert f"remote: -----> Released v{build['release']}" in err, err
-    assert f"Released v{build['release']}" in build["log"]
+    assert "-----> Procfile app detected" in build["log"]
     assert build["dur"] >= 0
