@@ -200,3 +200,49 @@ def git(tmp_path: Path) -> Git:
     g.home.mkdir()
     g.run("init", "-q", "-b", "main")
     return g
+
+
+@dataclass
+class SlowBuildpack:
+    """A buildpack (pushed to an app of the team's, so it is fetched over git) whose compile
+    prints three lines, then waits, silent, until `release()` is called."""
+
+    url: str
+    go: Path
+
+    def release(self) -> None:
+        self.go.write_text("go\n")
+
+
+@pytest.fixture
+def slow_buildpack(server: Server, team: Team, tmp_path: Path) -> Iterator[SlowBuildpack]:
+    bp_app = unique("bp")
+    server.query(
+        "from django.contrib.auth import get_user_model\n"
+        "from core.actions import app_create\n"
+        f"o = get_user_model().objects.get(username={team.owner!r})\n"
+        f"app_create(actor=o, name={bp_app!r}, team=o.memberships.first().team)\n"
+        "out = 1\n"
+    )
+    go = tmp_path / "go"
+    g = Git(dir=tmp_path / "bp", home=tmp_path / "bp-home")
+    g.dir.mkdir()
+    g.home.mkdir()
+    g.run("init", "-q", "-b", "main")
+    g.commit({
+        # The buildpack's own repository must build to be pushed: it is a Procfile app too.
+        "Procfile": "web: true\n",
+        "bin/detect": "#!/bin/sh\necho Slow\n",
+        "bin/compile": (
+            "#!/bin/sh\necho 'step one'\necho 'step two'\necho 'step three'\n"
+            f"while [ ! -e {go} ]; do sleep 0.1; done\necho 'step four'\n"
+        ),
+        "bin/release": "#!/bin/sh\nprintf 'default_process_types:\\n  web: sleep 1\\n'\n",
+    })
+    for name in ("detect", "compile", "release"):
+        (g.dir / "bin" / name).chmod(0o755)
+    g.run("add", "-A")
+    g.run("commit", "-q", "-m", "executable")
+    g.run("push", "-q", remote_url(server, bp_app, team.owner_token), "main")
+    yield SlowBuildpack(url=remote_url(server, bp_app, team.owner_token), go=go)
+    go.touch()  # let a build still waiting end

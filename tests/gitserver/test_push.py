@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+from pathlib import Path
+
 import pytest
 
-from tests.gitserver.conftest import Git, Server, Team, remote_url
+from tests.gitserver.conftest import Git, Server, SlowBuildpack, Team, remote_url
 
 pytestmark = pytest.mark.slow
 
@@ -43,3 +47,126 @@ def test_it_builds_a_pushed_procfile_app_and_releases_it(server: Server, team: T
     assert f"remote: -----> Released v{build['release']}" in err, err
     assert "-----> Procfile app detected" in build["log"]
     assert build["dur"] >= 0
+
+
+def _ls_remote(git: Git, url: str) -> dict[str, str]:
+    out = git.run("ls-remote", url).stdout
+    return {ref: sha for sha, ref in (line.split("\t") for line in out.splitlines())}
+
+
+def test_it_streams_the_build_in_order_with_progress_while_silent(
+    server: Server, team: Team, git: Git, slow_buildpack: SlowBuildpack,
+) -> None:
+    git.commit({**PROCFILE_APP, ".buildpacks": slow_buildpack.url + "\n"})
+    url = remote_url(server, team.app, team.owner_token)
+    push = subprocess.Popen(["git", "push", url, "main"], cwd=git.dir, env=git.env(),
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert push.stderr is not None
+        seen: list[str] = []
+        # The build is still waiting when its lines arrive: they stream, they are not batched.
+        while not any("still running bin/compile" in line for line in seen):
+            line = push.stderr.readline()
+            assert line, "".join(seen)
+            seen.append(line)
+        slow_buildpack.release()
+        rest = push.stderr.read()
+        assert push.wait() == 0, "".join(seen) + rest
+    finally:
+        if push.poll() is None:
+            push.kill()
+            push.wait()
+    lines = [line.removeprefix("remote:").strip() for line in ("".join(seen) + rest).splitlines()]
+    wanted = ["-----> Slow app detected", "step one", "step two", "step three",
+              "step four", "-----> Discovering process types", "-----> Assembling the image"]
+    positions = [next(i for i, line in enumerate(lines) if line == w) for w in wanted]
+    assert positions == sorted(positions), lines
+    released = next(i for i, line in enumerate(lines) if line.startswith("-----> Released v"))
+    assert released > positions[-1]
+    assert lines[released + 1] == f"http://{team.app}.apps.test deployed"
+
+
+def test_it_accepts_a_push_of_several_mebibytes(server: Server, team: Team, git: Git) -> None:
+    blob = os.urandom(3 * 1024 * 1024)  # incompressible: the pack is over 3 MiB on the wire
+    commit = git.commit({**PROCFILE_APP, "data.bin": blob})
+    url = remote_url(server, team.app, team.owner_token)
+
+    result = git.run("push", url, "main")
+
+    assert "-----> Released v" in result.stderr
+    assert _ls_remote(git, url)["refs/heads/main"] == commit
+
+
+def test_it_refuses_a_push_over_the_repository_size_limit(server: Server, team: Team, git: Git) -> None:
+    git.commit({**PROCFILE_APP, "data.bin": os.urandom(9 * 1024 * 1024)})  # the limit is 8 MiB
+    url = remote_url(server, team.app, team.owner_token)
+
+    result = git.run("push", url, "main", ok=False)
+
+    assert "over the limit of 8 MiB" in result.stderr
+    assert "[remote rejected] main -> main" in result.stderr
+    assert "refs/heads/main" not in _ls_remote(git, url)
+
+
+def test_it_rejects_a_failed_build_and_leaves_the_branch_where_it_was(
+    server: Server, team: Team, git: Git,
+) -> None:
+    good = git.commit(PROCFILE_APP)
+    url = remote_url(server, team.app, team.owner_token)
+    git.run("push", url, "main")
+    git.run("rm", "-q", "Procfile")
+    git.commit({"README": "nothing to run here\n"})
+
+    result = git.run("push", url, "main", ok=False)
+
+    assert "! [remote rejected] main -> main (build failed)" in result.stderr
+    assert "remote:  !" in result.stderr and "Procfile" in result.stderr  # what was looked for
+    assert _ls_remote(git, url)["refs/heads/main"] == good
+    statuses = server.query(
+        "from core.models import Build\n"
+        f"out = list(Build.objects.filter(app__name={team.app!r}).order_by('pk')"
+        ".values_list('status', flat=True))\n"
+    )
+    assert statuses == ["succeeded", "failed"]
+
+
+def test_it_rejects_non_fast_forward_pushes_unless_forced(server: Server, team: Team, git: Git) -> None:
+    url = remote_url(server, team.app, team.owner_token)
+    git.commit(PROCFILE_APP)
+    git.run("push", url, "main")
+    git.commit({"index.txt": "second\n"})
+    git.run("push", url, "main")
+    git.run("reset", "-q", "--hard", "HEAD~1")
+    rewritten = git.commit({"index.txt": "rewritten\n"})
+
+    refused = git.run("push", url, "main", ok=False)
+    assert "[rejected]" in refused.stderr and "main -> main" in refused.stderr
+    assert _ls_remote(git, url)["refs/heads/main"] != rewritten
+
+    forced = git.run("push", "--force", url, "main")
+    assert "forced update" in forced.stderr
+    assert _ls_remote(git, url)["refs/heads/main"] == rewritten
+
+
+def test_it_deploys_master_too_and_refuses_other_branches(server: Server, team: Team, git: Git) -> None:
+    url = remote_url(server, team.app, team.owner_token)
+    commit = git.commit(PROCFILE_APP)
+
+    other = git.run("push", url, "main:feature", ok=False)
+    assert "[remote rejected] main -> feature (only main or master is deployed)" in other.stderr
+
+    master = git.run("push", url, "main:master")
+    assert "-----> Released v" in master.stderr
+    assert _ls_remote(git, url)["refs/heads/master"] == commit
+
+
+def test_it_clones_what_was_pushed(server: Server, team: Team, git: Git, tmp_path: Path) -> None:
+    url = remote_url(server, team.app, team.owner_token)
+    commit = git.commit(PROCFILE_APP)
+    git.run("push", url, "main")
+
+    git.run("clone", "-q", url, str(tmp_path / "clone"))
+
+    assert (tmp_path / "clone" / "Procfile").read_text() == PROCFILE_APP["Procfile"]
+    clone = Git(dir=tmp_path / "clone", home=git.home)
+    assert clone.head() == commit
