@@ -46,6 +46,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",  # Swagger UI served by the platform itself, no CDN
     "core",
+    "scheduler",
     "web",
     "gitserver",
 ]

@@ -24,7 +24,7 @@ def app_reconcile(*, app_id: int) -> None:
     """Record that an app's containers should be reconciled with its release and formation."""
     updated = App.objects.filter(pk=app_id).update(reconcile_requested_at=timezone.now())
     if updated:
-        log.info("reconcile requested for app id %s (no scheduler consumes it yet)", app_id)
+        celery_app.send_task("scheduler.app_reconcile", kwargs={"app_id": app_id})  # scheduler/tasks.py
 
 
 @celery_app.task(name="core.app_teardown", ignore_result=True)  # type: ignore[untyped-decorator]

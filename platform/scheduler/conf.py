@@ -1,0 +1,26 @@
+"""The scheduler's settings, read from the environment through the control plane's helpers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from controlplane.env import env_int
+
+
+@dataclass(frozen=True)
+class SchedulerSettings:
+    web_port: int  # $PORT inside every web container (each has an address of its own)
+    boot_timeout_s: int  # how long a new web container has to accept connections on $PORT
+    stop_timeout_s: int  # SIGTERM, then SIGKILL after this many seconds (the drain grace)
+    down_after_s: int  # a host whose last heartbeat is older than this is `down`
+    tick_s: int  # the beat's ingest and reconcile interval
+
+    @classmethod
+    def from_env(cls) -> SchedulerSettings:
+        return cls(
+            web_port=env_int("PAAS_WEB_PORT", 5000),
+            boot_timeout_s=env_int("PAAS_BOOT_TIMEOUT_S", 60),
+            stop_timeout_s=env_int("PAAS_STOP_TIMEOUT_S", 10),
+            down_after_s=env_int("PAAS_HOST_DOWN_AFTER_S", 30),
+            tick_s=env_int("PAAS_SCHEDULER_TICK_S", 2),
+        )

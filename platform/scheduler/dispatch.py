@@ -1,0 +1,39 @@
+"""The boundary to the host agents: container specs and stops go to each host's own queue.
+
+`current` is what the scheduler sends through; tests put a recorder there
+(`tests/scheduler/fakes.py`), production uses Celery's `send_task` to `host.<name>`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Protocol
+
+log = logging.getLogger(__name__)
+
+
+class Dispatcher(Protocol):
+    def run(self, host: str, spec: dict[str, Any]) -> None: ...
+
+    def stop(self, host: str, container_id: str, timeout_s: float) -> None: ...
+
+
+class CeleryDispatcher:
+    """Send `agent.container_run` / `agent.container_stop` to the agent's queue `host.<name>`."""
+
+    def run(self, host: str, spec: dict[str, Any]) -> None:
+        from controlplane.celery import app
+
+        app.send_task("agent.container_run", kwargs={"spec": spec}, queue=f"host.{host}")
+
+    def stop(self, host: str, container_id: str, timeout_s: float) -> None:
+        from controlplane.celery import app
+
+        app.send_task(
+            "agent.container_stop",
+            kwargs={"container_id": container_id, "timeout_s": timeout_s},
+            queue=f"host.{host}",
+        )
+
+
+current: Dispatcher = CeleryDispatcher()

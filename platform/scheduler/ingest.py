@@ -1,0 +1,191 @@
+"""Read the agents' reports (Redis streams) into Host and Container rows.
+
+The streams `paas:agent:events` and `paas:agent:heartbeats` are read with the consumer group
+`paas-scheduler`: each entry goes to one reader, and is acknowledged only after the rows it
+changed are committed. A reader that dies leaves its entries pending; the next reader with the
+same name takes them first, and any reader claims entries idle for longer than `CLAIM_IDLE_MS`.
+So nothing is lost, and a redelivered entry changes nothing: a container's state only moves
+forward (starting < running < ready < exited/failed/oom), never back.
+
+Heartbeats update the host (capacity, reservations, load, last heartbeat; a `down` host that
+beats again is `ready`). Hosts silent for longer than `PAAS_HOST_DOWN_AFTER_S` become `down`.
+Containers a host runs that the control plane no longer knows (it was down while they were
+stopped) are stopped. The result names the apps whose containers changed: the caller writes
+their routes and reconciles them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import redis
+from django.db import transaction
+from django.utils import timezone
+
+from core.models import Container, Host, HostState
+from runtime.agent.reports import EVENTS_STREAM, HEARTBEATS_STREAM
+from scheduler import dispatch
+from scheduler.conf import SchedulerSettings
+
+log = logging.getLogger(__name__)
+
+GROUP = "paas-scheduler"
+CLAIM_IDLE_MS = 60_000
+RANK = {"starting": 0, "running": 1, "ready": 2, "exited": 3, "failed": 3, "oom": 3}
+# The ids the reconciler gives containers: `<app>.<type>.<number>.<6 hex digits>`.
+OUR_ID = re.compile(r"^[a-z][a-z0-9-]*\.[a-z][a-z0-9_-]*\.\d+\.[0-9a-f]{6}$")
+
+Entry = tuple[bytes, dict[bytes, bytes]]
+
+
+@dataclass
+class IngestResult:
+    events: int = 0
+    heartbeats: int = 0
+    apps: set[int] = field(default_factory=set)
+    hosts_down: list[str] = field(default_factory=list)
+    stale_stopped: list[str] = field(default_factory=list)
+
+
+def ensure_groups(r: redis.Redis[bytes]) -> None:
+    for stream in (EVENTS_STREAM, HEARTBEATS_STREAM):
+        try:
+            r.xgroup_create(stream, GROUP, id="0", mkstream=True)
+        except redis.exceptions.ResponseError as e:
+            if "BUSYGROUP" not in str(e):
+                raise
+
+
+def _read(r: redis.Redis[bytes], stream: str, consumer: str, count: int) -> list[Entry]:
+    """This consumer's unacknowledged entries, then abandoned ones, then new ones."""
+    entries: list[Entry] = []
+    for start in ("0", ">"):
+        resp = r.xreadgroup(GROUP, consumer, {stream: start}, count=count)
+        for _name, items in resp or []:
+            entries += [(i, f) for i, f in items if f]
+        if start == "0":
+            claimed = r.xautoclaim(stream, GROUP, consumer, min_idle_time=CLAIM_IDLE_MS,
+                                   start_id="0-0", count=count)
+            entries += [(i, f) for i, f in claimed[1] if f]
+    unique: dict[bytes, Entry] = {}
+    for e in entries:
+        unique.setdefault(e[0], e)
+    return list(unique.values())
+
+
+def ingest(r: redis.Redis[bytes], consumer: str, *, count: int = 1000,
+           now: datetime | None = None) -> IngestResult:
+    """Read one batch of reports into the database, acknowledge it, and mark silent hosts down."""
+    ensure_groups(r)
+    conf = SchedulerSettings.from_env()
+    now = now or timezone.now()
+    events = _read(r, EVENTS_STREAM, consumer, count)
+    beats = _read(r, HEARTBEATS_STREAM, consumer, count)
+    result = IngestResult(events=len(events), heartbeats=len(beats))
+    stale: list[tuple[str, str]] = []
+    with transaction.atomic():
+        for _id, f in events:
+            _apply_event(_decode(f), result)
+        stale = _apply_heartbeats([_decode(f) for _id, f in beats])
+        result.hosts_down = _mark_silent_hosts_down(now - timedelta(seconds=conf.down_after_s), result)
+    for stream, entries in ((EVENTS_STREAM, events), (HEARTBEATS_STREAM, beats)):
+        if entries:
+            r.xack(stream, GROUP, *[i for i, _ in entries])  # type: ignore[no-untyped-call]
+    for host, cid in stale:
+        dispatch.current.stop(host, cid, conf.stop_timeout_s)
+        result.stale_stopped.append(cid)
+    return result
+
+
+def _decode(f: dict[bytes, bytes]) -> dict[str, str]:
+    return {k.decode(): v.decode(errors="replace") for k, v in f.items()}
+
+
+def _apply_event(ev: dict[str, str], result: IngestResult) -> None:
+    state = ev.get("state", "")
+    row = Container.objects.select_for_update().filter(id=ev.get("id", "")).first()
+    if row is None or state not in RANK:
+        return  # a container the scheduler already removed, or a garbled entry
+    if row.host is not None and row.host.name != ev.get("host"):
+        log.warning("event for container %s from host %s, recorded on %s: ignored",
+                    row.id, ev.get("host"), row.host.name)
+        return
+    if RANK[state] < RANK.get(row.state, 0) or (RANK[state] == RANK[row.state] and state == row.state):
+        return  # older than what is recorded (a redelivery, or out of order)
+    when = _time(ev.get("time"))
+    row.state = state
+    fields = ["state", "updated_at"]
+    if ev.get("address"):
+        row.address = ev["address"]
+        fields.append("address")
+    if state == "running" and row.started_at is None:
+        row.started_at = when
+        fields.append("started_at")
+    if RANK[state] == 3:
+        row.finished_at = when
+        row.exit_code = int(ev["exit_code"]) if ev.get("exit_code", "").lstrip("-").isdigit() else None
+        fields += ["finished_at", "exit_code"]
+    row.save(update_fields=fields)
+    result.apps.add(row.app_id)
+
+
+def _time(raw: str | None) -> datetime:
+    try:
+        return datetime.fromtimestamp(float(raw or ""), tz=UTC)
+    except ValueError:
+        return timezone.now()
+
+
+def _apply_heartbeats(beats: Iterable[dict[str, str]]) -> list[tuple[str, str]]:
+    """Store each host's latest heartbeat; return (host, container id) of containers to remove."""
+    latest: dict[str, tuple[float, dict[str, Any]]] = {}
+    for b in beats:
+        try:
+            t = float(b.get("time", ""))
+            data = json.loads(b.get("data", ""))
+        except ValueError:
+            continue
+        name = b.get("host", "")
+        if isinstance(data, dict) and (name not in latest or t >= latest[name][0]):
+            latest[name] = (t, data)
+    stale: list[tuple[str, str]] = []
+    for name, (t, data) in latest.items():
+        host = Host.objects.select_for_update().filter(name=name).first()
+        if host is None:
+            log.warning("heartbeat from unregistered host %r ignored", name)
+            continue
+        when = datetime.fromtimestamp(t, tz=UTC)
+        if host.last_heartbeat_at is not None and host.last_heartbeat_at > when:
+            continue
+        host.last_heartbeat_at = when
+        host.memory_mb = max(1, int(data.get("memory_mb") or host.memory_mb))
+        host.cpus = max(1, int(data.get("cpus") or host.cpus))
+        host.memory_mb_used = max(0, int(data.get("memory_reserved_mb") or 0))
+        host.cpus_used = float(data.get("load1") or 0.0)
+        if host.state == HostState.DOWN:
+            host.state = HostState.READY
+            log.info("host %s is back", name)
+        host.save()
+        reported = {str(c.get("id", "")) for c in data.get("containers") or [] if isinstance(c, dict)}
+        known = set(Container.objects.filter(id__in=reported, host=host).values_list("id", flat=True))
+        stale += [(name, cid) for cid in sorted(reported - known) if OUR_ID.match(cid)]
+    return stale
+
+
+def _mark_silent_hosts_down(before: datetime, result: IngestResult) -> list[str]:
+    silent = list(
+        Host.objects.select_for_update()
+        .filter(state__in=[HostState.READY, HostState.DRAINING], last_heartbeat_at__lt=before)
+    )
+    for host in silent:
+        host.state = HostState.DOWN
+        host.save(update_fields=["state"])
+        log.warning("host %s missed its heartbeats: down", host.name)
+        result.apps.update(Container.objects.filter(host=host).values_list("app_id", flat=True))
+    return [h.name for h in silent]

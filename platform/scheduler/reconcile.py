@@ -1,0 +1,247 @@
+"""Apply the reconcile plan for one app: load rows, plan, record containers, send to agents.
+
+One app at a time under a Redis lock (`paas:scheduler:lock:app:<id>`), so two workers never
+place the same app twice. Everything is decided inside one database transaction; the effects
+that leave the database (route table, agent tasks) run only once it has committed, in this
+order: the route table without the containers being stopped, then the new containers' specs,
+then the stops. A run that changes nothing sends nothing, so a repeated or redelivered task is
+harmless, and a worker that dies mid-way leaves rows that the next run plans from.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import time
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any
+
+import redis
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from core.models import App, Build, BuildStatus, Container, Formation, Host, Release, ReleaseStatus
+from router.table import APPS_KEY, check_app_name, route_app_set
+from runtime.spec import ContainerSpec, SpecError
+from scheduler import dispatch
+from scheduler.conf import SchedulerSettings
+from scheduler.placement import HostCapacity
+from scheduler.planner import LIVE, Desired, Observed, Plan, ProcessType, plan
+
+log = logging.getLogger(__name__)
+
+LOCK_KEY = "paas:scheduler:lock:app:{app_id}"
+LOCK_TIMEOUT_S = 120
+
+
+@cache
+def redis_client(url: str | None = None) -> redis.Redis[bytes]:
+    return redis.Redis.from_url(url or settings.REDIS_URL)
+
+
+@dataclass
+class Outcome:
+    """What one reconcile did (for the task's log and for tests)."""
+
+    status: str  # "done", "locked" (another run holds the app), "gone" (no such app)
+    plan: Plan = field(default_factory=Plan)
+    started: list[str] = field(default_factory=list)
+    stopped: list[str] = field(default_factory=list)
+    release: int | None = None
+
+
+def reconcile_app(app_id: int, *, now: float | None = None, wait_s: float = 10.0) -> Outcome:
+    """Converge one app one step towards its release x formation (see the module docstring).
+
+    Waits up to `wait_s` for the app's lock; "locked" when another run still holds it.
+    """
+    lock = redis_client().lock(LOCK_KEY.format(app_id=app_id), timeout=LOCK_TIMEOUT_S,
+                               blocking_timeout=wait_s)
+    if not lock.acquire():
+        return Outcome("locked")
+    try:
+        return _reconcile_locked(app_id, time.time() if now is None else now)
+    finally:
+        try:
+            lock.release()
+        except redis.exceptions.LockError:
+            log.warning("the reconcile lock of app id %s expired before the run ended", app_id)
+
+
+def _reconcile_locked(app_id: int, now: float) -> Outcome:
+    conf = SchedulerSettings.from_env()
+    with transaction.atomic():
+        app = App.objects.filter(pk=app_id).first()
+        if app is None:
+            return Outcome("gone")
+        release = _target_release(app)
+        build = release.build if release is not None else None
+        image = build.image_digest if build and build.status == BuildStatus.SUCCEEDED and build.image_digest else None
+        formation = {f.type: f for f in Formation.objects.filter(app=app)}
+        desired = Desired(
+            app=app.name,
+            release=release.version if release is not None else 0,
+            image=image,
+            processes=tuple(ProcessType(f.type, f.quantity, f.memory_mb, f.cpu) for f in formation.values()),
+        )
+        rows = list(Container.objects.filter(app=app).select_related("host", "release"))
+        observed = [
+            Observed(
+                id=c.id, type=c.type, number=c.number, release=c.release.version,
+                host=c.host.name if c.host else None, state=c.state, restarts=c.restarts,
+                finished_at=c.finished_at.timestamp() if c.finished_at else None,
+            )
+            for c in rows
+        ]
+        p = plan(desired, observed, _host_capacities(), now)
+        out = Outcome("done", p, release=desired.release if release is not None else None)
+
+        by_id = {c.id: c for c in rows}
+        stops = [(st, by_id[st.container_id]) for st in p.stops]
+        Container.objects.filter(id__in=[st.container_id for st, _ in stops]).delete()
+        out.stopped = [st.container_id for st, _ in stops]
+
+        hosts = {h.name: h for h in Host.objects.filter(name__in={s.host for s in p.starts})}
+        specs: list[tuple[str, dict[str, Any]]] = []
+        for s in p.starts:
+            assert release is not None and build is not None
+            cid = f"{app.name}.{s.type[:16]}.{s.number}.{secrets.token_hex(3)}"
+            row = Container.objects.create(
+                id=cid, app=app, release=release, type=s.type, number=s.number,
+                host=hosts[s.host], restarts=s.restarts,
+            )
+            try:
+                spec = _spec(conf, app, release, build, formation[s.type], row)
+            except SpecError as e:
+                log.error("container %s of %s cannot be run: %s", cid, app.name, e)
+                Container.objects.filter(id=cid).update(state="failed", finished_at=timezone.now())
+                continue
+            specs.append((s.host, spec))
+            out.started.append(cid)
+
+        if release is not None:
+            _update_release_status(release, p, rows)
+        for reason in p.unplaced:
+            log.warning("app %s: %s", app.name, reason)
+
+        # Gone containers too: the agent removes them; a down host does it when it is back.
+        to_stop = [(row.host.name, row.id) for _, row in stops if row.host is not None]
+        app_name = app.name
+        transaction.on_commit(lambda: _effects(app_name, app_id, specs, to_stop, conf.stop_timeout_s))
+    return out
+
+
+def _effects(app_name: str, app_id: int, specs: list[tuple[str, dict[str, Any]]],
+             stops: list[tuple[str, str]], stop_timeout_s: float) -> None:
+    """After commit: routes first (stopping containers leave them), then starts, then stops."""
+    try:
+        routes_sync(app_name, app_id)
+    except redis.exceptions.RedisError as e:
+        log.warning("could not write the routes of %s (the next run retries): %s", app_name, e)
+    for host, spec in specs:
+        dispatch.current.run(host, spec)
+    for host, cid in stops:
+        dispatch.current.stop(host, cid, stop_timeout_s)
+
+
+def _target_release(app: App) -> Release | None:
+    """The newest release that has not failed: a failed roll-out leaves the previous one serving."""
+    return (
+        Release.objects.filter(app=app).exclude(status=ReleaseStatus.FAILED)
+        .select_related("build").order_by("-version").first()
+    )
+
+
+def _update_release_status(release: Release, p: Plan, rows: list[Container]) -> None:
+    if release.status != ReleaseStatus.PENDING:
+        return
+    if any(c.release_id == release.pk and c.state == "failed" for c in rows):
+        # A container of a release being rolled out never got ready (or never started): the
+        # release fails; the next run plans the previous release and removes this one's.
+        release.status = ReleaseStatus.FAILED
+        release.save(update_fields=["status"])
+        log.warning("release %s of %s failed: a container never got ready", release.name, release.app_id)
+    elif p.converged:
+        release.status = ReleaseStatus.DEPLOYED
+        release.save(update_fields=["status"])
+
+
+def _host_capacities() -> list[HostCapacity]:
+    """Every host with what the live containers recorded on it reserve (their formation's size)."""
+    reserved: dict[int, tuple[int, float]] = {}
+    live = (
+        Container.objects.filter(state__in=LIVE, host__isnull=False)
+        .values("host_id", "app_id", "type")
+    )
+    sizes = {(f.app_id, f.type): (f.memory_mb, f.cpu) for f in Formation.objects.all()}
+    for c in live:
+        mem, cpu = sizes.get((c["app_id"], c["type"]), (0, 0.0))
+        m, u = reserved.get(c["host_id"], (0, 0.0))
+        reserved[c["host_id"]] = (m + mem, u + cpu)
+    return [
+        HostCapacity(
+            name=h.name, state=h.state, memory_mb=h.memory_mb, cpus=float(h.cpus),
+            memory_reserved_mb=reserved.get(h.pk, (0, 0.0))[0],
+            cpu_reserved=reserved.get(h.pk, (0, 0.0))[1], labels=dict(h.labels or {}),
+        )
+        for h in Host.objects.all()
+    ]
+
+
+def _spec(conf: SchedulerSettings, app: App, release: Release, build: Build, f: Formation,
+          c: Container) -> dict[str, Any]:
+    """The container spec the agent runs, checked by the runtime's own validator."""
+    command = build.process_types.get(f.type) if isinstance(build.process_types, dict) else None
+    env = dict(release.config)
+    env["DYNO"] = c.name
+    raw: dict[str, Any] = {
+        "id": c.id,
+        "app": app.name,
+        "release": release.version,
+        "process_type": f.type,
+        "image": build.image_digest,
+        "command": ["/bin/sh", "-c", command] if command else [],
+        "env": env,
+        "memory_mb": f.memory_mb,
+        "cpu_shares": max(2, round(1024 * f.cpu)),
+        "labels": {"paas.app": app.name, "paas.release": release.name, "paas.process": c.name},
+    }
+    if f.type == "web":
+        env["PORT"] = str(conf.web_port)
+        raw["port"] = conf.web_port
+        raw["readiness"] = {"type": "tcp", "timeout_s": conf.boot_timeout_s}
+    return ContainerSpec.from_dict(raw).to_dict()
+
+
+def ready_endpoints(app_id: int) -> list[str]:
+    """The app's ready web containers' `ip:port`, sorted (any release: during a deploy both serve)."""
+    return sorted(
+        Container.objects.filter(app_id=app_id, type="web", state="ready")
+        .exclude(address="").values_list("address", flat=True)
+    )
+
+
+def routes_sync(app_name: str, app_id: int) -> bool:
+    """Write the app's ready web endpoints to the route table when they differ; True if written."""
+    check_app_name(app_name)
+    r = redis_client()
+    endpoints = ready_endpoints(app_id)
+    raw = r.hget(APPS_KEY, app_name)
+    if raw is None and not endpoints:
+        return False
+    if raw is not None:
+        try:
+            current = json.loads(raw)
+        except ValueError:
+            current = None
+        if isinstance(current, dict) and sorted(current.get("endpoints") or []) == endpoints:
+            return False
+        maintenance = bool(current.get("maintenance")) if isinstance(current, dict) else False
+    else:
+        maintenance = False
+    route_app_set(r, app_name, endpoints, maintenance=maintenance)
+    return True
+

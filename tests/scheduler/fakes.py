@@ -1,0 +1,18 @@
+"""A stand-in for the agents' queues that records what the scheduler sends."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class RecordingDispatcher:
+    runs: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    stops: list[tuple[str, str]] = field(default_factory=list)
+
+    def run(self, host: str, spec: dict[str, Any]) -> None:
+        self.runs.append((host, spec))
+
+    def stop(self, host: str, container_id: str, timeout_s: float) -> None:
+        self.stops.append((host, container_id))
