@@ -177,3 +177,9 @@ def test_it_gives_each_forked_worker_its_own_request_id_prefix() -> None:
     os.close(read_end)
     os.close(write_end)
     assert child[:24] != new_request_id()[:24]
+
+
+def test_it_strips_response_fields_the_app_named_in_connection() -> None:
+    p = plan(headers=[(b"Content-Length", b"0"), (b"Connection", b"keep-alive, X-Internal"),
+                      (b"X-Internal", b"1"), (b"X-Public", b"2")])
+    assert b"X-Internal" not in p.head and b"X-Public: 2\r\n" in p.head

@@ -67,6 +67,16 @@ async def test_it_adds_forwarding_headers_and_keeps_a_request_id() -> None:
 
 
 @run
+async def test_it_routes_an_absolute_form_target_by_its_authority() -> None:
+    app = await App().start()
+    async with running_router() as router:
+        router.set_app("web1", [app.endpoint])
+        response = await get(router.port, path=f"http://web1.{DOMAIN}/x?y=1", host="elsewhere.example")
+        assert response.status == 200 and json.loads(response.body)["target"] == "/x?y=1"
+    await app.stop()
+
+
+@run
 async def test_it_keeps_both_sides_alive_and_reuses_the_app_connection() -> None:
     app = await App().start()
     async with running_router() as router:
