@@ -1,0 +1,136 @@
+"""The scheduler with a real agent process and a real runtime daemon (with networking) on this host.
+
+The control plane's side runs in the test process (the test database is not visible to another
+process): scaling goes through the `formation_scale` action, then the scheduler's reconcile and
+report ingestion run in turn, exactly as the worker's tasks would, until the containers are
+ready. Specs travel through the real broker to the real agent, which runs them with the real
+daemon and reports through the real Redis streams.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import secrets
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+
+from core import actions
+from core.models import App, Container
+from router.table import APPS_KEY, decode_app, route_app_delete
+from runtime.images import ImageStore
+from runtime.tinyimage import build_tiny_image
+from scheduler.ingest import ingest
+from scheduler.reconcile import reconcile_app
+from tests.runtime.daemon_fixtures import REPO, Daemon
+from tests.scheduler.conftest import COMMIT
+
+pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.django_db]
+
+
+@pytest.fixture
+def host_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    if os.geteuid() != 0:
+        pytest.fail("this test needs root (it runs real containers)")
+    subnet = f"10.{random.randint(160, 250)}.{random.randint(0, 255)}.0/24"
+    d = Daemon(tmp_path_factory.mktemp("sched-runtime"), network=(f"ps{secrets.token_hex(3)}", subnet))
+    try:
+        d.start()
+        yield d
+    finally:
+        d.cleanup()
+        d.stop()
+        d.teardown_network()
+
+
+@pytest.fixture
+def agent_process(host_daemon: Daemon, r: redis.Redis) -> Iterator[str]:
+    """`python -m runtime.agent` for a host of its own; yields the host name."""
+    name = f"e2e-{secrets.token_hex(4)}"
+    env = dict(os.environ, PAAS_RUNTIME_DIR=str(host_daemon.root), PAAS_AGENT_HEARTBEAT_S="0.5")
+    log = (host_daemon.root / "agent.log").open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "runtime.agent", "--host", name],
+                            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        yield name
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+        r.delete(f"host.{name}")
+
+
+def converge(app: App, capture: Any, r: redis.Redis, until: Any, timeout: float = 120) -> None:
+    """Run reconcile and ingestion in turn, as the worker and the beat would, until `until()`."""
+    consumer = f"e2e-{secrets.token_hex(4)}"
+    deadline = time.monotonic() + timeout
+    while not until():
+        assert time.monotonic() < deadline, f"not converged: {list(Container.objects.filter(app=app).values('id', 'state', 'address'))}"
+        with capture(execute=True):
+            reconcile_app(app.pk)
+        with capture(execute=True):
+            ingest(r, consumer)
+        time.sleep(0.2)
+
+
+def route(r: redis.Redis, app: App) -> list[str]:
+    raw = r.hget(APPS_KEY, app.name)
+    return [] if raw is None else [e.key for e in decode_app(app.name, raw).endpoints]
+
+
+def test_it_scales_an_app_to_two_ready_routed_containers_on_a_real_host(
+        host_daemon: Daemon, agent_process: str, member: Any, staff: Any, r: redis.Redis,
+        django_capture_on_commit_callbacks: Any) -> None:
+    store = ImageStore(host_daemon.root / "images")
+    image = store.resolve(build_tiny_image(store)).digest  # the agent finds it by digest
+    actions.host_register(actor=staff, name=agent_process, address="127.0.0.1", memory_mb=4096, cpus=4)
+    app = actions.app_create(actor=member, name=f"e{secrets.token_hex(4)}", team=member.team)
+    build = actions.build_create(actor=member, app=app, commit=COMMIT)
+    actions.build_finish(actor=member, build=build, succeeded=True, image_digest=image,
+                         process_types={"web": "exec httpd -f -p $PORT -h /"})
+    made: list[str] = []
+    try:
+        with django_capture_on_commit_callbacks(execute=True):
+            actions.formation_scale(actor=member, app=app, updates=[{"type": "web", "quantity": 2}])
+
+        def two_ready_and_routed() -> bool:
+            made[:] = sorted(set(made) | set(Container.objects.filter(app=app).values_list("id", flat=True)))
+            ready = Container.objects.filter(app=app, state="ready")
+            return ready.count() == 2 and len(route(r, app)) == 2
+
+        converge(app, django_capture_on_commit_callbacks, r, two_ready_and_routed)
+        endpoints = route(r, app)
+        assert sorted(endpoints) == sorted(Container.objects.filter(app=app).values_list("address", flat=True))
+        for endpoint in endpoints:
+            ip, port = endpoint.rsplit(":", 1)
+            with socket.create_connection((ip, int(port)), timeout=5) as s:
+                s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+                assert s.recv(12).startswith(b"HTTP/1.")
+        running = {c["id"] for c in host_daemon.client.list()}
+        assert set(made) <= running
+
+        # Scaled to zero, the containers go away: out of the route table, then off the host.
+        with django_capture_on_commit_callbacks(execute=True):
+            actions.formation_scale(actor=member, app=app, updates=[{"type": "web", "quantity": 0}])
+
+        def gone() -> bool:
+            return not ({c["id"] for c in host_daemon.client.list()} & set(made))
+
+        converge(app, django_capture_on_commit_callbacks, r, gone, timeout=60)
+        assert route(r, app) == [] and not Container.objects.filter(app=app).exists()
+    finally:
+        host_daemon.made += made  # removed by the daemon fixture whatever happened
+        with contextlib.suppress(redis.RedisError):
+            route_app_delete(r, app.name)
