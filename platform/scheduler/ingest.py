@@ -36,6 +36,7 @@ from scheduler.conf import SchedulerSettings
 log = logging.getLogger(__name__)
 
 GROUP = "paas-scheduler"
+STREAMS = (EVENTS_STREAM, HEARTBEATS_STREAM)
 CLAIM_IDLE_MS = 60_000
 RANK = {"starting": 0, "running": 1, "ready": 2, "exited": 3, "failed": 3, "oom": 3}
 # The ids the reconciler gives containers: `<app>.<type>.<number>.<6 hex digits>`.
@@ -54,7 +55,7 @@ class IngestResult:
 
 
 def ensure_groups(r: redis.Redis[bytes]) -> None:
-    for stream in (EVENTS_STREAM, HEARTBEATS_STREAM):
+    for stream in STREAMS:
         try:
             r.xgroup_create(stream, GROUP, id="0", mkstream=True)
         except redis.exceptions.ResponseError as e:
@@ -64,29 +65,45 @@ def ensure_groups(r: redis.Redis[bytes]) -> None:
 
 def _read(r: redis.Redis[bytes], stream: str, consumer: str, count: int) -> list[Entry]:
     """This consumer's unacknowledged entries, then abandoned ones, then new ones."""
-    entries: list[Entry] = []
-    for start in ("0", ">"):
-        resp = r.xreadgroup(GROUP, consumer, {stream: start}, count=count)
-        for _name, items in resp or []:
-            entries += [(i, f) for i, f in items if f]
-        if start == "0":
-            claimed = r.xautoclaim(stream, GROUP, consumer, min_idle_time=CLAIM_IDLE_MS,
-                                   start_id="0-0", count=count)
-            entries += [(i, f) for i, f in claimed[1] if f]
-    unique: dict[bytes, Entry] = {}
-    for e in entries:
-        unique.setdefault(e[0], e)
-    return list(unique.values())
+    pending, fresh = _read_all(r, consumer, count, 0)
+    return [*pending[stream], *fresh[stream]]
 
 
-def ingest(r: redis.Redis[bytes], consumer: str, *, count: int = 1000,
+def _read_all(r: redis.Redis[bytes], consumer: str, count: int, block_ms: int
+              ) -> tuple[dict[str, list[Entry]], dict[str, list[Entry]]]:
+    """(pending and abandoned, new) entries of both streams; waits up to `block_ms` for new ones
+    when nothing is pending (0: no wait)."""
+    pending: dict[str, list[Entry]] = {}
+    for stream in STREAMS:
+        resp = r.xreadgroup(GROUP, consumer, {stream: "0"}, count=count)
+        entries = [(i, f) for _name, items in resp or [] for i, f in items if f]
+        claimed = r.xautoclaim(stream, GROUP, consumer, min_idle_time=CLAIM_IDLE_MS,
+                               start_id="0-0", count=count)
+        entries += [(i, f) for i, f in claimed[1] if f]
+        unique: dict[bytes, Entry] = {}
+        for e in entries:
+            unique.setdefault(e[0], e)
+        pending[stream] = list(unique.values())
+    wait = block_ms if block_ms > 0 and not any(pending.values()) else None
+    resp = r.xreadgroup(GROUP, consumer, dict.fromkeys(STREAMS, ">"), count=count, block=wait)
+    fresh: dict[str, list[Entry]] = {s: [] for s in STREAMS}
+    for name, items in resp or []:
+        fresh[name.decode() if isinstance(name, bytes) else name] += [(i, f) for i, f in items if f]
+    return pending, fresh
+
+
+def ingest(r: redis.Redis[bytes], consumer: str, *, count: int = 1000, block_ms: int = 0,
            now: datetime | None = None) -> IngestResult:
-    """Read one batch of reports into the database, acknowledge it, and mark silent hosts down."""
+    """Read one batch of reports into the database, acknowledge it, and mark silent hosts down.
+
+    With `block_ms`, wait that long for new reports when none are waiting (the follower).
+    """
     ensure_groups(r)
     conf = SchedulerSettings.from_env()
+    pending, fresh = _read_all(r, consumer, count, block_ms)
     now = now or timezone.now()
-    events = _read(r, EVENTS_STREAM, consumer, count)
-    beats = _read(r, HEARTBEATS_STREAM, consumer, count)
+    events = [*pending[EVENTS_STREAM], *fresh[EVENTS_STREAM]]
+    beats = [*pending[HEARTBEATS_STREAM], *fresh[HEARTBEATS_STREAM]]
     result = IngestResult(events=len(events), heartbeats=len(beats))
     stale: list[tuple[str, str]] = []
     with transaction.atomic():

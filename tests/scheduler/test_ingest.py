@@ -181,3 +181,17 @@ def test_its_tick_asks_for_a_reconcile_of_every_app_that_runs_or_wants_container
     for m in new:
         r.lrem(queue, 1, m)
     assert {"app_id": app.pk} not in [json.loads(base64.b64decode(json.loads(m)["body"]))[1] for m in new]
+
+
+def test_its_follower_routes_and_reconciles_as_reports_arrive(placed, r, django_capture_on_commit_callbacks) -> None:
+    from core.models import ReleaseStatus
+    from scheduler.follow import follow_once
+
+    for i, c in enumerate(placed):
+        report(r, c, "ready", address=f"10.9.{i}.3:5000")
+    with django_capture_on_commit_callbacks(execute=True):
+        result = follow_once(r, consumer(), block_ms=100)
+    assert result.apps == {placed[0].app_id}
+    route = decode_app(placed[0].app.name, r.hget(APPS_KEY, placed[0].app.name))
+    assert sorted(e.key for e in route.endpoints) == ["10.9.0.3:5000", "10.9.1.3:5000"]
+    assert placed[0].app.current_release().status == ReleaseStatus.DEPLOYED
