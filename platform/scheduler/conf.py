@@ -14,6 +14,7 @@ class SchedulerSettings:
     stop_timeout_s: int  # SIGTERM, then SIGKILL after this many seconds (the drain grace)
     down_after_s: int  # a host whose last heartbeat is older than this is `down`
     tick_s: int  # the beat's ingest and reconcile interval
+    cpu_overcommit: int  # CPU shares placeable per core (a share is a weight, not a whole core)
 
     @classmethod
     def from_env(cls) -> SchedulerSettings:
@@ -23,4 +24,5 @@ class SchedulerSettings:
             stop_timeout_s=env_int("PAAS_STOP_TIMEOUT_S", 10),
             down_after_s=env_int("PAAS_HOST_DOWN_AFTER_S", 30),
             tick_s=env_int("PAAS_SCHEDULER_TICK_S", 2),
+            cpu_overcommit=max(1, env_int("PAAS_CPU_OVERCOMMIT", 8)),
         )

@@ -96,7 +96,7 @@ def _reconcile_locked(app_id: int, now: float) -> Outcome:
             )
             for c in rows
         ]
-        p = plan(desired, observed, _host_capacities(), now)
+        p = plan(desired, observed, _host_capacities(conf.cpu_overcommit), now)
         out = Outcome("done", p, release=desired.release if release is not None else None)
 
         by_id = {c.id: c for c in rows}
@@ -169,8 +169,12 @@ def _update_release_status(release: Release, p: Plan, rows: list[Container]) -> 
         release.save(update_fields=["status"])
 
 
-def _host_capacities() -> list[HostCapacity]:
-    """Every host with what the live containers recorded on it reserve (their formation's size)."""
+def _host_capacities(cpu_overcommit: int) -> list[HostCapacity]:
+    """Every host with what the live containers recorded on it reserve (their formation's size).
+
+    A formation's `cpu` is a share (a cgroup weight: 1.0 is one core's fair share under
+    contention), so a host offers `cpu_overcommit` shares per core; memory is never overcommitted.
+    """
     reserved: dict[int, tuple[int, float]] = {}
     live = (
         Container.objects.filter(state__in=LIVE, host__isnull=False)
@@ -183,7 +187,7 @@ def _host_capacities() -> list[HostCapacity]:
         reserved[c["host_id"]] = (m + mem, u + cpu)
     return [
         HostCapacity(
-            name=h.name, state=h.state, memory_mb=h.memory_mb, cpus=float(h.cpus),
+            name=h.name, state=h.state, memory_mb=h.memory_mb, cpus=float(h.cpus * cpu_overcommit),
             memory_reserved_mb=reserved.get(h.pk, (0, 0.0))[0],
             cpu_reserved=reserved.get(h.pk, (0, 0.0))[1], labels=dict(h.labels or {}),
         )

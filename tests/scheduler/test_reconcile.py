@@ -227,3 +227,11 @@ def test_it_sends_specs_to_the_real_broker_on_the_hosts_queue(r) -> None:
         assert ("agent.container_stop", {"container_id": "x", "timeout_s": 5}) in tasks_sent
     finally:
         r.delete(queue)
+
+
+def test_it_offers_several_cpu_shares_per_core_but_never_more_memory(app, staff, member, agents, run, monkeypatch) -> None:
+    monkeypatch.setenv("PAAS_CPU_OVERCOMMIT", "2")
+    actions.host_register(actor=staff, name=f"one-{app.name}", address="10.9.9.1", memory_mb=2048, cpus=1)
+    scale(member, app, web=3)  # 3 x (512 MB, 1.0 share) on 2048 MB and 1 core x 2 shares
+    out = run(app)
+    assert len(out.started) == 2 and "no ready host has room" in out.plan.unplaced[0]
