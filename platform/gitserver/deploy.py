@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import logging
+import os
 import shutil
+import signal
 import tempfile
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from builder.buildpack import BuildRequest, build, default_cache_dir
 from builder.errors import BuildError
-from builder.executor import HostExecutor
+from builder.executor import Executor, HostExecutor, OnLine
 from builder.image import assemble_image
 from builder.source import checkout
 from controlplane.env import data_dir, env_int, env_str
@@ -37,6 +42,50 @@ class Outcome:
     reason: str  # for the client's `! [remote rejected] main -> main (<reason>)`
 
 
+class CancellableExecutor:
+    """An executor that kills the running step (its whole process group) once `cancelled` is set.
+
+    A silent step gives the builder no output line to fail on when the client has hung up, so
+    each step first writes its process-group id to a file that a watcher reads on cancellation.
+    """
+
+    def __init__(self, inner: Executor, cancelled: threading.Event, scratch: Path) -> None:
+        self.inner = inner
+        self.owner = inner.owner
+        self.cancelled = cancelled
+        self.scratch = scratch
+        self._count = itertools.count()
+
+    def run(self, argv: Sequence[str], cwd: Path, env: Mapping[str, str], timeout: float,
+            on_line: OnLine) -> int:
+        if self.cancelled.is_set():
+            raise ClientGone
+        pidfile = self.scratch / f"step-{next(self._count)}.pid"
+        # The executor starts each step as a new session, so the shell's pid is its group id.
+        wrapped = ["/bin/sh", "-c", 'echo $$ > "$0"; exec "$@"', str(pidfile), *argv]
+        done = threading.Event()
+
+        def watch() -> None:
+            while not done.wait(0.2):
+                if not self.cancelled.is_set():
+                    continue
+                try:
+                    pgid = int(pidfile.read_text())
+                except (OSError, ValueError):
+                    continue
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(pgid, signal.SIGKILL)
+                return
+
+        watcher = threading.Thread(target=watch, name="build-cancel", daemon=True)
+        watcher.start()
+        try:
+            return self.inner.run(wrapped, cwd, env, timeout, on_line)
+        finally:
+            done.set()
+            watcher.join()
+
+
 def image_store() -> ImageStore:
     return ImageStore(runtime_root() / "images")
 
@@ -47,12 +96,14 @@ def stack_reference() -> str:
 
 
 def run_build(*, app: App, user: object, commit: str, repo: Path,
-              say: Callable[[str], None]) -> Outcome:
+              say: Callable[[str], None], cancelled: threading.Event | None = None) -> Outcome:
     """Build `commit` of `app`; record the Build (and the release if good) either way.
 
     `say` sends one line to the client; it raises ClientGone once the client has hung up, which
-    cancels the build (the builder kills the running step) and records it as failed.
+    cancels the build (the builder kills the running step) and records it as failed; so does
+    `cancelled` being set, even while the build is silent.
     """
+    cancelled = cancelled or threading.Event()
     lines: list[str] = []
 
     def out(line: str) -> None:
@@ -78,7 +129,7 @@ def run_build(*, app: App, user: object, commit: str, repo: Path,
                 timeout=float(env_int("PAAS_BUILD_TIMEOUT_S", 900)),
                 progress_interval=float(env_int("PAAS_BUILD_PROGRESS_S", 20)),
             ),
-            HostExecutor(),
+            CancellableExecutor(HostExecutor(), cancelled, scratch),
             out,
         )
         out("-----> Assembling the image")
@@ -100,6 +151,10 @@ def run_build(*, app: App, user: object, commit: str, repo: Path,
         _fail(user, record, lines)
         raise
     except (BuildError, ImageError, ActionError) as e:
+        if cancelled.is_set():  # the step failed because it was killed: the client went away
+            lines.append(" !     The git client disconnected; the build was cancelled.")
+            _fail(user, record, lines)
+            raise ClientGone from None
         _say_failed(out, str(e))
         _fail(user, record, lines)
         return Outcome(False, "build failed")

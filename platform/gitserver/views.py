@@ -119,7 +119,7 @@ def info_refs(request: HttpRequest, app: str) -> HttpResponseBase:
         out = BytesIO()
         proto = ReceivableProtocol(BytesIO().read, out.write)
         handler_cls = ReceivePackHandler if service == "git-receive-pack" else UploadPackHandler
-        handler = handler_cls(_Backend(repo), [b"/"], proto, stateless_rpc=True,
+        handler = handler_cls(_Backend(repo), ["/"], proto, stateless_rpc=True,
                               advertise_refs=True)
         proto.write_pkt_line(b"# service=" + service.encode() + b"\n")
         proto.write_pkt_line(None)
@@ -136,7 +136,7 @@ def _read_body(request: HttpRequest, limit: int) -> tuple[IO[bytes], int]:
 
     Past `limit` bytes only the size is counted; the kept part still holds the ref commands.
     """
-    stream = request.environ["wsgi.input"]
+    stream = request.META["wsgi.input"]
     length = request.META.get("CONTENT_LENGTH")
     left = int(length) if length and "HTTP_TRANSFER_ENCODING" not in request.META else None
     gunzip = (zlib.decompressobj(16 + zlib.MAX_WBITS)
@@ -190,7 +190,7 @@ class _Stream:
 class _Receive(ReceivePackHandler):
     """receive-pack that builds the pushed commit before the branch moves."""
 
-    refusal = ""  # set when the whole push is refused before its pack is read
+    cancelled: threading.Event  # set once the client has hung up
     push: Callable[[_Receive, list[tuple[bytes, bytes, bytes]]], Iterator[tuple[bytes, bytes]]]
 
     def say(self, line: str) -> None:
@@ -214,7 +214,7 @@ def _push(user: User, app: App, repo: Repo, over: str) -> Callable[..., Iterator
         if any(new != ZERO_SHA for _old, new, _ref in refs):
             try:
                 recv = getattr(handler.proto, "recv", None)
-                repo.object_store.add_thin_pack(handler.proto.read, recv)  # type: ignore[attr-defined]
+                repo.object_store.add_thin_pack(handler.proto.read, recv)
             except Exception as e:
                 msg = str(e).replace("\n", " ") or type(e).__name__
                 yield (b"unpack", msg.encode())
@@ -251,7 +251,7 @@ def _update(handler: _Receive, user: User, app: App, repo: Repo, old: bytes, new
     if not is_commit:
         return b"not a commit"
     outcome = run_build(app=app, user=user, commit=new.decode(), repo=repos.repo_path(app.name),
-                        say=handler.say)
+                        say=handler.say, cancelled=handler.cancelled)
     if not outcome.ok:
         return outcome.reason.encode()
     if not repo.refs.set_if_equals(ref, None if old == ZERO_SHA else old, new):
@@ -299,7 +299,7 @@ def service(request: HttpRequest, app: str, service: str) -> HttpResponseBase:
 
         def upload(stream: _Stream) -> None:
             proto = ReceivableProtocol(body.read, stream.write)
-            UploadPackHandler(_Backend(repo), [b"/"], proto, stateless_rpc=True).handle()
+            UploadPackHandler(_Backend(repo), ["/"], proto, stateless_rpc=True).handle()
 
         def close_upload() -> None:
             body.close()
@@ -325,8 +325,9 @@ def service(request: HttpRequest, app: str, service: str) -> HttpResponseBase:
 
     def receive(stream: _Stream) -> None:
         proto = ReceivableProtocol(body.read, stream.write)
-        handler = _Receive(_Backend(repo), [b"/"], proto, stateless_rpc=True)
+        handler = _Receive(_Backend(repo), ["/"], proto, stateless_rpc=True)
         handler.push = _push(user, app_row, repo, over)
+        handler.cancelled = stream.gone
         handler.handle()
 
     def close_receive() -> None:
