@@ -102,6 +102,22 @@ def main() -> int:
     return 0
 
 
+def _remove_containers(runtime_dir: Path) -> None:
+    """Remove whatever containers the run left (an interrupted run), and their cgroups."""
+    from runtime import cgroups
+    from runtime.client import DaemonClient
+
+    with contextlib.suppress(Exception):
+        client = DaemonClient(runtime_dir / "daemon.sock", timeout=30)
+        for c in client.list():
+            with contextlib.suppress(Exception):
+                client.remove(c["id"], force=True)
+            cg = cgroups.for_container(c["id"])
+            with contextlib.suppress(Exception):
+                cgroups.kill_all(cg)
+                cg.remove()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -135,6 +151,7 @@ def measure_scale() -> float:
         from core import actions
         from core.models import Container
         from router.table import APPS_KEY, decode_app
+        from runtime.client import DaemonClient
         from runtime.images import ImageStore
         from runtime.tinyimage import build_tiny_image
         from scheduler.follow import follow_once
@@ -148,6 +165,7 @@ def measure_scale() -> float:
         assert daemon.stdout is not None
         if b"ready" not in daemon.stdout.readline():
             raise SystemExit("the runtime daemon did not start")
+        client = DaemonClient(runtime_dir / "daemon.sock", timeout=60)
         store = ImageStore(runtime_dir / "images")
         image = store.resolve(build_tiny_image(store)).digest
         host = f"bench-{secrets.token_hex(3)}"
@@ -172,7 +190,8 @@ def measure_scale() -> float:
         def converge(n: int, timeout: float = 120) -> None:
             deadline = time.monotonic() + timeout
             while not (Container.objects.filter(app=app, state="ready").count() == n == routed()
-                       and Container.objects.filter(app=app).count() == n):
+                       and Container.objects.filter(app=app).count() == n
+                       and (n > 0 or not client.list())):
                 if time.monotonic() > deadline:
                     raise SystemExit(f"web={n} did not converge within {timeout:.0f} s")
                 reconcile_app(app.pk)
@@ -191,6 +210,7 @@ def measure_scale() -> float:
         converge(0)
         return elapsed
     finally:
+        _remove_containers(runtime_dir)
         for p in reversed(procs):
             p.terminate()
             try:
