@@ -103,6 +103,7 @@ def test_it_walks_through_login_create_config_scale_rollback_and_hosts(
 
     # Set a config var; its value is masked until revealed.
     page.get_by_role("link", name="Config").click()
+    page.wait_for_url(re.compile(r"/apps/storefront/config/$"))
     page.get_by_label("Key").fill("GREETING")
     page.get_by_label("Value").fill("hello from the browser")
     page.get_by_role("button", name="Set", exact=True).click()
@@ -120,6 +121,7 @@ def test_it_walks_through_login_create_config_scale_rollback_and_hosts(
     live_keys = seed_live_data("storefront", time.time())
     request.addfinalizer(lambda: delete_keys(live_keys))
     page.get_by_role("link", name="Overview").click()
+    page.wait_for_url(re.compile(r"/apps/storefront/$"))
     page.get_by_label("Quantity of web").fill("3")
     page.get_by_label("Size of web").fill("1G")
     page.get_by_role("button", name="Apply scale").click()
@@ -132,6 +134,7 @@ def test_it_walks_through_login_create_config_scale_rollback_and_hosts(
 
     # Roll back to v2 (the config-only release), confirming first.
     page.get_by_role("link", name="Releases").click()
+    page.wait_for_url(re.compile(r"/apps/storefront/releases/$"))
     assert Release.objects.filter(app=app).count() == 3
     page.get_by_role("button", name="Roll back to v2").click()
     page.wait_for_url(re.compile(r"/apps/storefront/releases/$"))
@@ -141,6 +144,7 @@ def test_it_walks_through_login_create_config_scale_rollback_and_hosts(
 
     # Builds, logs and activity render for the same app.
     page.get_by_role("link", name="Builds").click()
+    page.wait_for_url(re.compile(r"/apps/storefront/builds/$"))
     shoot(page, "app-builds")
     page.get_by_role("link", name="Logs").click()
     page.get_by_text("GET /items/3 200").last.wait_for()
@@ -152,21 +156,27 @@ def test_it_walks_through_login_create_config_scale_rollback_and_hosts(
     page.get_by_text("a line written while the page was open").wait_for(timeout=15_000)
     assert page.get_by_text("a line written while the page was open").count() == 1
     page.get_by_role("link", name="Activity").click()
+    page.wait_for_url(re.compile(r"/apps/storefront/events/$"))
     assert page.get_by_text("release.rollback").count() == 1
     shoot(page, "app-activity")
 
     # The hosts page, and the apps list with the new app's status.
     page.get_by_role("link", name="Hosts").click()
+    page.wait_for_url(re.compile(r"/hosts/$"))
     page.get_by_role("heading", name="node-1").wait_for()
     assert page.get_by_role("meter").count() == 4
     shoot(page, "hosts")
     page.get_by_role("link", name="Apps", exact=True).click()
+    page.wait_for_url(f"{live_server.url}/")
     page.get_by_role("link", name="storefront", exact=True).wait_for()
     shoot(page, "apps")
     page.get_by_role("link", name="Teams").click()
+    page.wait_for_url(re.compile(r"/teams/$"))
     page.get_by_role("link", name="acme", exact=True).click()
+    page.wait_for_url(re.compile(r"/teams/acme/$"))
     shoot(page, "team")
     page.get_by_role("link", name="Account").click()
+    page.wait_for_url(re.compile(r"/account/tokens/$"))
     page.get_by_label("Description").fill("laptop")
     page.get_by_role("button", name="Create token").click()
     token = page.locator("#new-token").inner_text()
