@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import click
 
-from paas_cli import credentials, gitremote, output
+from paas_cli import credentials, gitcredential, gitremote, output
 from paas_cli.client import ApiClient, ApiError, dumps, segment
 from paas_cli.credentials import Credentials, CredentialsError
 from paas_cli.parsing import (
@@ -196,6 +196,19 @@ def login(server: str | None, token: str | None) -> None:
     ))
     output.say(f"Logged in to {url} as {name}.")
     output.error(f"Token stored in {path}.")
+    output.error(gitcredential.configure(url))
+
+
+@cli.command("git-credential", hidden=True)
+@click.argument("action")
+def git_credential(action: str) -> None:
+    """git's credential helper (set up by `paas login`): answer with the stored token."""
+    try:
+        stored = credentials.load()
+    except CredentialsError:
+        stored = None
+    request = gitcredential.parse_request(sys.stdin.read())
+    sys.stdout.write(gitcredential.answer(action, request, stored))
 
 
 @cli.command()
