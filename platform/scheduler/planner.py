@@ -14,7 +14,10 @@ running it and observing the result, again and again, converges:
   current-release ones become `ready`: at every moment, ready new + old kept >= quantity.
 - Surplus current-release containers (scaled down) stop at once, the not-ready ones first.
 - Process types no longer in the formation (or scaled to 0) stop entirely.
-- An app whose release has no image yet gets an empty plan: nothing to run, nothing removed.
+- A container still `starting` after `start_timeout_s` (its spec never reached the agent: a
+  worker died between commit and send, or the message was lost) is stopped and replaced.
+- A release without an image (the app was never built, or every built release failed) runs
+  nothing: whatever runs is stopped.
 
 Hosts for new containers come from `placement.place`, with the app's surviving containers
 counted for the spread.
@@ -63,6 +66,7 @@ class Observed:
     state: str
     restarts: int = 0
     finished_at: float | None = None
+    created_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,12 +110,11 @@ def plan(
     observed: Sequence[Observed],
     hosts: Sequence[HostCapacity],
     now: float,
+    start_timeout_s: float = 120.0,
 ) -> Plan:
     """Compute the steps that move `observed` towards `desired` (see the module docstring)."""
-    if desired.image is None:
-        return Plan()
     host_state = {h.name: h.state for h in hosts}
-    wanted = {p.type: p for p in desired.processes if p.quantity > 0}
+    wanted = {p.type: p for p in desired.processes if p.quantity > 0 and desired.image is not None}
     by_type: dict[str, list[Observed]] = {}
     for c in observed:
         by_type.setdefault(c.type, []).append(c)
@@ -134,6 +137,10 @@ def plan(
             state_of_host = host_state.get(c.host or "", "down")
             if state_of_host == "down":
                 stops.append(Stop(c.id, c.host, "its host is down"))
+                continue
+            lost = c.state == "starting" and c.created_at is not None and now - c.created_at > start_timeout_s
+            if lost:
+                stops.append(Stop(c.id, c.host, f"it did not start within {start_timeout_s:g} s"))
                 continue
             if c.state in GONE:
                 if c.release == desired.release and want is not None:

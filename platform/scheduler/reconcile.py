@@ -93,10 +93,14 @@ def _reconcile_locked(app_id: int, now: float) -> Outcome:
                 id=c.id, type=c.type, number=c.number, release=c.release.version,
                 host=c.host.name if c.host else None, state=c.state, restarts=c.restarts,
                 finished_at=c.finished_at.timestamp() if c.finished_at else None,
+                created_at=c.created_at.timestamp(),
             )
             for c in rows
         ]
-        p = plan(desired, observed, _host_capacities(conf.cpu_overcommit), now)
+        # A spec that reached its agent is `running` within seconds (the image is local, or
+        # pulled within the boot timeout); `starting` for longer means it never got there.
+        p = plan(desired, observed, _host_capacities(conf.cpu_overcommit), now,
+                 start_timeout_s=conf.boot_timeout_s + 60)
         out = Outcome("done", p, release=desired.release if release is not None else None)
 
         by_id = {c.id: c for c in rows}

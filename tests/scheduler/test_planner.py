@@ -118,9 +118,18 @@ def test_it_removes_gone_containers_of_old_releases_without_replacing_them() -> 
     assert stopped(p) == ["o"] and not p.starts
 
 
-def test_it_plans_nothing_for_a_release_without_an_image() -> None:
+def test_it_runs_nothing_for_a_release_without_an_image() -> None:
     p = plan(desired(image=None), [c("x", 1, release=1)], HOSTS, NOW)
-    assert p.empty
+    assert stopped(p) == ["x"] and not p.starts
+    assert plan(desired(image=None), [], HOSTS, NOW).empty
+
+
+def test_it_replaces_a_container_whose_spec_never_reached_its_agent() -> None:
+    lost = Observed("x", "web", 1, 2, "a", "starting", created_at=NOW - 121)
+    p = plan(desired(web=1), [lost], HOSTS, NOW, start_timeout_s=120)
+    assert stopped(p) == ["x"] and [s.number for s in p.starts] == [1]
+    young = Observed("x", "web", 1, 2, "a", "starting", created_at=NOW - 5)
+    assert plan(desired(web=1), [young], HOSTS, NOW, start_timeout_s=120).empty
 
 
 def test_it_reports_what_fits_nowhere() -> None:

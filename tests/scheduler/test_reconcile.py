@@ -235,3 +235,24 @@ def test_it_offers_several_cpu_shares_per_core_but_never_more_memory(app, staff,
     scale(member, app, web=3)  # 3 x (512 MB, 1.0 share) on 2048 MB and 1 core x 2 shares
     out = run(app)
     assert len(out.started) == 2 and "no ready host has room" in out.plan.unplaced[0]
+
+
+def test_it_replaces_containers_whose_specs_were_lost_when_a_worker_died(app, hosts, member, run, monkeypatch) -> None:
+    class Dying(RecordingDispatcher):
+        def run(self, host: str, spec: dict[str, Any]) -> None:
+            raise SystemExit("the worker is killed between commit and send")
+
+    monkeypatch.setattr(dispatch, "current", Dying())
+    scale(member, app, web=2)
+    with pytest.raises(SystemExit):
+        run(app)
+    lost = {c.id for c in containers(app)}
+    assert len(lost) == 2, "the rows were committed, the specs never sent"
+    agents = RecordingDispatcher()
+    monkeypatch.setattr(dispatch, "current", agents)
+    created = min(c.created_at for c in containers(app)).timestamp()
+    assert run(app, now=created + 5).started == [], "young `starting` rows are waited for"
+    out = run(app, now=created + 60 + 61)
+    assert set(out.stopped) == lost and len(out.started) == 2
+    assert sorted(c.number for c in containers(app)) == [1, 2]
+    assert {spec["id"] for _, spec in agents.runs} == set(out.started)
