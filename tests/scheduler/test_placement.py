@@ -90,3 +90,14 @@ def test_it_is_deterministic() -> None:
     hosts = [host(f"h{i}", used_mem=(i * 37) % 500) for i in range(30)]
     requests = [web(app=f"a{i % 7}") for i in range(100)]
     assert place(requests, hosts) == place(requests, hosts)
+
+
+def test_it_and_the_planner_import_without_django() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['django'] = None\n"
+            "import scheduler.placement, scheduler.planner\n"
+            "assert not any(m == 'django' or m.startswith('django.') for m in sys.modules if sys.modules[m])")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
