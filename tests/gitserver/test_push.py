@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from runtime.images import ImageStore
 from tests.gitserver.conftest import Git, Server, SlowBuildpack, Team, remote_url
 
 pytestmark = pytest.mark.slow
@@ -47,6 +48,16 @@ def test_it_builds_a_pushed_procfile_app_and_releases_it(server: Server, team: T
     assert f"remote: -----> Released v{build['release']}" in err, err
     assert "-----> Procfile app detected" in build["log"]
     assert build["dur"] >= 0
+    # The image is the stack's layers with the slug on top, labelled with app, build and commit.
+    store = ImageStore(server.data / "runtime" / "images")
+    digest, manifest = store.manifest(f"app/{team.app}:build-{build['bid']}")
+    assert digest == build["digest"]
+    _tdigest, tiny = store.manifest("tiny")
+    assert manifest["layers"][:-1] == tiny["layers"] and len(manifest["layers"]) == 2
+    labels = store.read_json_blob(manifest["config"]["digest"])["config"]["Labels"]
+    assert labels["paas.app"] == team.app
+    assert labels["paas.commit"] == commit
+    assert labels["paas.build"] == str(build["bid"])
 
 
 def _ls_remote(git: Git, url: str) -> dict[str, str]:
