@@ -72,16 +72,22 @@ def agent_process(host_daemon: Daemon, r: redis.Redis) -> Iterator[str]:
         r.delete(f"host.{name}")
 
 
-def converge(app: App, capture: Any, r: redis.Redis, until: Any, timeout: float = 120) -> None:
-    """Run reconcile and ingestion in turn, as the worker and the beat would, until `until()`."""
+def converge(app: App, capture: Any, r: redis.Redis, until: Any, timeout: float = 120,
+             each: Any = None) -> None:
+    """Run reconcile and ingestion in turn, as the worker and the beat would, until `until()`;
+    call `each()` after every step."""
     consumer = f"e2e-{secrets.token_hex(4)}"
     deadline = time.monotonic() + timeout
     while not until():
         assert time.monotonic() < deadline, f"not converged: {list(Container.objects.filter(app=app).values('id', 'state', 'address'))}"
         with capture(execute=True):
             reconcile_app(app.pk)
+        if each is not None:
+            each()
         with capture(execute=True):
             ingest(r, consumer)
+        if each is not None:
+            each()
         time.sleep(0.2)
 
 
@@ -90,16 +96,25 @@ def route(r: redis.Redis, app: App) -> list[str]:
     return [] if raw is None else [e.key for e in decode_app(app.name, raw).endpoints]
 
 
+def new_app(member: Any, image: str) -> App:
+    app = actions.app_create(actor=member, name=f"e{secrets.token_hex(4)}", team=member.team)
+    deploy(member, app, image)
+    return app
+
+
+def deploy(member: Any, app: App, image: str) -> None:
+    build = actions.build_create(actor=member, app=app, commit=COMMIT)
+    actions.build_finish(actor=member, build=build, succeeded=True, image_digest=image,
+                         process_types={"web": "exec httpd -f -p $PORT -h /"})
+
+
 def test_it_scales_an_app_to_two_ready_routed_containers_on_a_real_host(
         host_daemon: Daemon, agent_process: str, member: Any, staff: Any, r: redis.Redis,
         django_capture_on_commit_callbacks: Any) -> None:
     store = ImageStore(host_daemon.root / "images")
     image = store.resolve(build_tiny_image(store)).digest  # the agent finds it by digest
     actions.host_register(actor=staff, name=agent_process, address="127.0.0.1", memory_mb=4096, cpus=4)
-    app = actions.app_create(actor=member, name=f"e{secrets.token_hex(4)}", team=member.team)
-    build = actions.build_create(actor=member, app=app, commit=COMMIT)
-    actions.build_finish(actor=member, build=build, succeeded=True, image_digest=image,
-                         process_types={"web": "exec httpd -f -p $PORT -h /"})
+    app = new_app(member, image)
     made: list[str] = []
     try:
         with django_capture_on_commit_callbacks(execute=True):
@@ -132,5 +147,52 @@ def test_it_scales_an_app_to_two_ready_routed_containers_on_a_real_host(
         assert route(r, app) == [] and not Container.objects.filter(app=app).exists()
     finally:
         host_daemon.made += made  # removed by the daemon fixture whatever happened
+        with contextlib.suppress(redis.RedisError):
+            route_app_delete(r, app.name)
+
+
+def test_it_redeploys_with_a_ready_web_container_routed_at_every_moment(
+        host_daemon: Daemon, agent_process: str, member: Any, staff: Any, r: redis.Redis,
+        django_capture_on_commit_callbacks: Any) -> None:
+    store = ImageStore(host_daemon.root / "images")
+    image = store.resolve(build_tiny_image(store)).digest
+    actions.host_register(actor=staff, name=agent_process, address="127.0.0.1", memory_mb=4096, cpus=4)
+    app = new_app(member, image)
+    made: set[str] = set()
+
+    def remember() -> None:
+        made.update(Container.objects.filter(app=app).values_list("id", flat=True))
+
+    try:
+        with django_capture_on_commit_callbacks(execute=True):
+            actions.formation_scale(actor=member, app=app, updates=[{"type": "web", "quantity": 2}])
+
+        def ready(version: int) -> bool:
+            remember()
+            rows = Container.objects.filter(app=app)
+            return (len(route(r, app)) == 2 and rows.count() == 2
+                    and all(c.state == "ready" and c.release.version == version for c in rows))
+
+        first = app.current_release().version
+        converge(app, django_capture_on_commit_callbacks, r, lambda: ready(first))
+        old = set(Container.objects.filter(app=app).values_list("id", flat=True))
+        deploy(member, app, image)
+        second = app.current_release().version
+        seen: list[int] = []
+
+        def check() -> None:
+            remember()
+            seen.append(len(route(r, app)))
+
+        converge(app, django_capture_on_commit_callbacks, r, lambda: ready(second), each=check)
+        assert min(seen) >= 2, f"a moment with fewer than two routed web containers: {seen}"
+        assert not old & set(Container.objects.filter(app=app).values_list("id", flat=True))
+
+        def old_gone() -> bool:
+            return not ({c["id"] for c in host_daemon.client.list()} & old)
+
+        converge(app, django_capture_on_commit_callbacks, r, old_gone, timeout=60)
+    finally:
+        host_daemon.made += sorted(made)
         with contextlib.suppress(redis.RedisError):
             route_app_delete(r, app.name)
