@@ -26,8 +26,9 @@ debs-test:
 	@scripts/ensure-debs $(DEBS_TEST)
 
 ## Bring the whole platform up on this host with the embedded defaults.
+## Its data stays in the checkout (./var) unless PAAS_DATA_DIR says otherwise.
 up: debs-up venv
-	@$(PY) manage.py up
+	@PAAS_DATA_DIR="$${PAAS_DATA_DIR:-$(CURDIR)/var}" $(PY) manage.py up
 
 ## The whole suite: SQLite pass over everything, then the PostgreSQL pass over the control plane.
 test: debs-test venv

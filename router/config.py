@@ -79,7 +79,7 @@ class RouterConfig:
     workers: int = 2
     redis_url: str = "redis://127.0.0.1:6379/0"
     domain: str = "localhost"
-    data_dir: Path = field(default_factory=lambda: Path("var").resolve())
+    data_dir: Path = field(default_factory=lambda: Path("/var/lib/paas"))
     connect_timeout: float = 5.0
     first_byte_timeout: float = 30.0
     idle_timeout: float = 55.0
@@ -111,7 +111,7 @@ class RouterConfig:
             workers=env_int(env, "PAAS_ROUTER_WORKERS", os.cpu_count() or 1, minimum=1),
             redis_url=env_str(env, "REDIS_URL", "redis://127.0.0.1:6379/0"),
             domain=domain,
-            data_dir=Path(env_str(env, "PAAS_DATA_DIR", "var")).resolve(),
+            data_dir=Path(env_str(env, "PAAS_DATA_DIR", "/var/lib/paas")).resolve(),
             connect_timeout=env_seconds(env, "PAAS_ROUTER_CONNECT_TIMEOUT", 5.0),
             first_byte_timeout=env_seconds(env, "PAAS_ROUTER_FIRST_BYTE_TIMEOUT", 30.0),
             idle_timeout=env_seconds(env, "PAAS_ROUTER_IDLE_TIMEOUT", 55.0),

@@ -10,6 +10,9 @@ import os
 from pathlib import Path
 
 
+DEFAULT_DATA_DIR = "/var/lib/paas"
+
+
 class ConfigError(ValueError):
     """An environment variable holds a value the platform cannot use."""
 
@@ -48,5 +51,8 @@ def env_list(name: str, default: list[str]) -> list[str]:
 
 
 def data_dir() -> Path:
-    """Where everything the platform writes lives (PAAS_DATA_DIR)."""
-    return Path(env_str("PAAS_DATA_DIR", str(Path.cwd() / "var"))).resolve()
+    """Where everything the platform writes lives (PAAS_DATA_DIR, default /var/lib/paas).
+
+    The runtime and the router read the same variable with the same default.
+    """
+    return Path(env_str("PAAS_DATA_DIR", DEFAULT_DATA_DIR)).resolve()

@@ -6,10 +6,16 @@ import secrets
 
 import dj_database_url
 
-from controlplane.env import data_dir, env_bool, env_list, env_str
+from controlplane.env import ConfigError, data_dir, env_bool, env_list, env_str
 
 DATA_DIR = data_dir()
-DATA_DIR.mkdir(parents=True, exist_ok=True)
+try:
+    DATA_DIR.mkdir(parents=True, exist_ok=True)
+except OSError as exc:
+    raise ConfigError(
+        f"cannot create the data dir {DATA_DIR} ({exc.strerror}): set PAAS_DATA_DIR to a "
+        "directory this user may write"
+    ) from None
 
 
 def _secret_key() -> str:
