@@ -16,7 +16,6 @@ import secrets
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,14 +23,12 @@ import pytest
 import redis
 
 from core import actions
-from core.models import App, Container
-from router.table import APPS_KEY, decode_app, route_app_delete
+from core.models import Container
+from router.table import route_app_delete
 from runtime.images import ImageStore
 from runtime.tinyimage import build_tiny_image
-from scheduler.ingest import ingest
-from scheduler.reconcile import reconcile_app
 from tests.runtime.daemon_fixtures import REPO, Daemon
-from tests.scheduler.conftest import COMMIT
+from tests.scheduler.realhost import converge, deploy, new_app, route
 
 pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.django_db]
 
@@ -70,42 +67,6 @@ def agent_process(host_daemon: Daemon, r: redis.Redis) -> Iterator[str]:
             proc.wait()
         log.close()
         r.delete(f"host.{name}")
-
-
-def converge(app: App, capture: Any, r: redis.Redis, until: Any, timeout: float = 120,
-             each: Any = None) -> None:
-    """Run reconcile and ingestion in turn, as the worker and the beat would, until `until()`;
-    call `each()` after every step."""
-    consumer = f"e2e-{secrets.token_hex(4)}"
-    deadline = time.monotonic() + timeout
-    while not until():
-        assert time.monotonic() < deadline, f"not converged: {list(Container.objects.filter(app=app).values('id', 'state', 'address'))}"
-        with capture(execute=True):
-            reconcile_app(app.pk)
-        if each is not None:
-            each()
-        with capture(execute=True):
-            ingest(r, consumer)
-        if each is not None:
-            each()
-        time.sleep(0.2)
-
-
-def route(r: redis.Redis, app: App) -> list[str]:
-    raw = r.hget(APPS_KEY, app.name)
-    return [] if raw is None else [e.key for e in decode_app(app.name, raw).endpoints]
-
-
-def new_app(member: Any, image: str) -> App:
-    app = actions.app_create(actor=member, name=f"e{secrets.token_hex(4)}", team=member.team)
-    deploy(member, app, image)
-    return app
-
-
-def deploy(member: Any, app: App, image: str) -> None:
-    build = actions.build_create(actor=member, app=app, commit=COMMIT)
-    actions.build_finish(actor=member, build=build, succeeded=True, image_digest=image,
-                         process_types={"web": "exec httpd -f -p $PORT -h /"})
 
 
 def test_it_scales_an_app_to_two_ready_routed_containers_on_a_real_host(
