@@ -9,9 +9,16 @@ database, runtime daemon (with its own bridge and subnet) and a real agent proce
 running the tiny busybox image's `httpd` as `web=1` is scaled to `web=10` with the
 `formation_scale` action; the clock stops when all ten containers are ready and the route table
 lists ten endpoints. The control plane's side runs in this process as the scheduler's follower
-does (reconcile, then wait on the agents' report streams). Host failover is not measured yet.
+does (reconcile, then wait on the agents' report streams).
 
-    python bench/scheduler.py [--hosts N] [--containers N] [--rounds N] [--no-scale] [--json]
+`failover_s` (as root): three such simulated hosts (each its own daemon, bridge, subnet and
+agent, all in this machine's network namespace), an app at `web=6` spread 2/2/2; one host dies
+(agent, daemon and its containers' processes killed with SIGKILL); the clock stops when six
+containers are ready and routed on the other two. Agents beat every second, and a host is down
+after `PAAS_HOST_DOWN_AFTER_S` (3 here unless set; the platform's default is 30).
+
+    python bench/scheduler.py [--hosts N] [--containers N] [--rounds N] [--no-scale]
+                              [--no-failover] [--json]
 """
 
 from __future__ import annotations
@@ -73,6 +80,7 @@ def main() -> int:
     parser.add_argument("--containers", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--no-scale", action="store_true", help="skip the scaling run (needs root)")
+    parser.add_argument("--no-failover", action="store_true", help="skip the failover run (needs root)")
     parser.add_argument("--json", action="store_true", help="print one JSON object last")
     args = parser.parse_args()
     requests, hosts = scenario(args.hosts, args.containers)
@@ -90,32 +98,22 @@ def main() -> int:
     figures: dict[str, object] = {"placement_s": round(min(times), 4),
                                   "placement_median_s": round(statistics.median(times), 4),
                                   "placed": placed, "containers": len(requests), "hosts": len(hosts)}
-    if not args.no_scale:
+    if not (args.no_scale and args.no_failover):
         if os.geteuid() != 0 or shutil.which("redis-server") is None:
-            print("scale: skipped (needs root and redis-server)")
+            print("scale, failover: skipped (need root and redis-server)")
         else:
-            scale_s = measure_scale()
-            print(f"scale web={SCALE_FROM} -> web={SCALE_TO}, all ready and routed: {scale_s:.2f} s")
-            figures["scale_s"] = round(scale_s, 3)
+            real = measure_real(not args.no_scale, not args.no_failover)
+            if "scale_s" in real:
+                print(f"scale web={SCALE_FROM} -> web={SCALE_TO} on one host, all ready and routed: "
+                      f"{real['scale_s']:.2f} s")
+            if "failover_s" in real:
+                print(f"failover: web=6 on 3 hosts, one killed, all 6 ready and routed on the others: "
+                      f"{real['failover_s']:.2f} s (heartbeat 1 s, down after "
+                      f"{os.environ['PAAS_HOST_DOWN_AFTER_S']} s)")
+            figures.update({k: round(v, 3) for k, v in real.items()})
     if args.json:
         print(json.dumps(figures))
     return 0
-
-
-def _remove_containers(runtime_dir: Path) -> None:
-    """Remove whatever containers the run left (an interrupted run), and their cgroups."""
-    from runtime import cgroups
-    from runtime.client import DaemonClient
-
-    with contextlib.suppress(Exception):
-        client = DaemonClient(runtime_dir / "daemon.sock", timeout=30)
-        for c in client.list():
-            with contextlib.suppress(Exception):
-                client.remove(c["id"], force=True)
-            cg = cgroups.for_container(c["id"])
-            with contextlib.suppress(Exception):
-                cgroups.kill_all(cg)
-                cg.remove()
 
 
 def free_port() -> int:
@@ -124,23 +122,95 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def measure_scale() -> float:
-    """Scale web=1 -> web=10 on a real host; seconds until all are ready and routed."""
+class BenchHost:
+    """A simulated host on this machine: a runtime daemon with its own bridge and subnet, an agent."""
+
+    def __init__(self, work: Path, image_ref: list[str]) -> None:
+        from runtime.client import DaemonClient
+        from runtime.images import ImageStore
+        from runtime.tinyimage import build_tiny_image
+
+        self.name = f"bench-{secrets.token_hex(3)}"
+        self.root = work / self.name
+        self.root.mkdir()
+        self.bridge = f"pb{secrets.token_hex(3)}"
+        self.subnet = f"10.{random.randint(160, 250)}.{random.randint(0, 255)}.0/24"
+        self.procs: list[subprocess.Popen[bytes]] = []
+        env = dict(os.environ, PAAS_BRIDGE=self.bridge, PAAS_HOST_SUBNET=self.subnet)
+        daemon = subprocess.Popen([sys.executable, "-m", "runtime", "--root", str(self.root), "daemon"],
+                                  cwd=REPO, env=env, stdout=subprocess.PIPE)
+        self.procs.append(daemon)
+        assert daemon.stdout is not None
+        if b"ready" not in daemon.stdout.readline():
+            raise SystemExit("the runtime daemon did not start")
+        self.client = DaemonClient(self.root / "daemon.sock", timeout=60)
+        store = ImageStore(self.root / "images")
+        image_ref[:] = [store.resolve(build_tiny_image(store)).digest]
+        self.procs.append(subprocess.Popen(
+            [sys.executable, "-m", "runtime.agent", "--host", self.name], cwd=REPO,
+            env=dict(os.environ, PAAS_RUNTIME_DIR=str(self.root), PAAS_AGENT_HEARTBEAT_S="1"),
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        self.dead = False
+
+    def kill(self) -> None:
+        """The host dies: agent and daemon killed with SIGKILL, and every container's processes."""
+        from runtime import cgroups
+
+        ids = [c["id"] for c in self.client.list()]
+        for p in self.procs:
+            p.kill()
+            p.wait()
+        for cid in ids:
+            with contextlib.suppress(Exception):
+                cgroups.kill_all(cgroups.for_container(cid))
+        self.dead = True
+
+    def close(self) -> None:
+        from runtime import cgroups
+        from runtime.network import HostNetwork
+
+        ids: list[str] = []
+        if not self.dead:
+            with contextlib.suppress(Exception):
+                ids = [c["id"] for c in self.client.list()]
+                for cid in ids:
+                    with contextlib.suppress(Exception):
+                        self.client.remove(cid, force=True)
+        for p in reversed(self.procs):
+            if p.poll() is None:
+                p.terminate()
+                try:
+                    p.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+        containers = self.root / "containers"
+        ids += [d.name for d in containers.iterdir()] if containers.is_dir() else []
+        for cid in set(ids):
+            cg = cgroups.for_container(cid)
+            with contextlib.suppress(Exception):
+                cgroups.kill_all(cg)
+                cg.remove()
+        with contextlib.suppress(Exception):
+            HostNetwork(self.bridge, self.subnet, self.root / "network").teardown()
+
+
+def measure_real(want_scale: bool, want_failover: bool) -> dict[str, float]:
+    """Start redis-server and a throw-away SQLite control plane; measure on simulated hosts."""
     work = Path(tempfile.mkdtemp(prefix="paas-bench-sched-"))
-    procs: list[subprocess.Popen[bytes]] = []
-    bridge = f"pb{secrets.token_hex(3)}"
-    subnet = f"10.{random.randint(160, 250)}.{random.randint(0, 255)}.0/24"
-    runtime_dir = work / "runtime"
+    hosts: list[BenchHost] = []
+    port = free_port()
+    redis_proc = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--dir", str(work)], stdout=subprocess.DEVNULL)
+    figures: dict[str, float] = {}
     try:
-        port = free_port()
-        procs.append(subprocess.Popen(
-            ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(work)], stdout=subprocess.DEVNULL))
         os.environ.update({
             "REDIS_URL": f"redis://127.0.0.1:{port}/0", "PAAS_DATA_DIR": str(work),
             "DATABASE_URL": f"sqlite:///{work}/db.sqlite3",
             "PAAS_SECRET_KEY": "bench-only-" + secrets.token_hex(24),
             "DJANGO_SETTINGS_MODULE": "controlplane.settings",
+            "PAAS_HOST_DOWN_AFTER_S": os.environ.get("PAAS_HOST_DOWN_AFTER_S", "3"),
         })
         import django
 
@@ -149,80 +219,81 @@ def measure_scale() -> float:
 
         call_command("migrate", verbosity=0)
         from core import actions
-        from core.models import Container
+        from core.models import App, Container
         from router.table import APPS_KEY, decode_app
-        from runtime.client import DaemonClient
-        from runtime.images import ImageStore
-        from runtime.tinyimage import build_tiny_image
         from scheduler.follow import follow_once
         from scheduler.reconcile import reconcile_app, redis_client
 
-        runtime_dir.mkdir()
-        env = dict(os.environ, PAAS_BRIDGE=bridge, PAAS_HOST_SUBNET=subnet)
-        daemon = subprocess.Popen([sys.executable, "-m", "runtime", "--root", str(runtime_dir), "daemon"],
-                                  cwd=REPO, env=env, stdout=subprocess.PIPE)
-        procs.append(daemon)
-        assert daemon.stdout is not None
-        if b"ready" not in daemon.stdout.readline():
-            raise SystemExit("the runtime daemon did not start")
-        client = DaemonClient(runtime_dir / "daemon.sock", timeout=60)
-        store = ImageStore(runtime_dir / "images")
-        image = store.resolve(build_tiny_image(store)).digest
-        host = f"bench-{secrets.token_hex(3)}"
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "runtime.agent", "--host", host], cwd=REPO,
-            env=dict(os.environ, PAAS_RUNTIME_DIR=str(runtime_dir), PAAS_AGENT_HEARTBEAT_S="1"),
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-
         admin = actions.user_create(actor=None, username="bench", is_staff=True)
         team = actions.team_create(actor=admin, name="bench-apps")
-        actions.host_register(actor=admin, name=host, address="127.0.0.1", memory_mb=8192, cpus=2)
-        app = actions.app_create(actor=admin, name="bench", team=team)
-        build = actions.build_create(actor=admin, app=app, commit="0" * 40)
-        actions.build_finish(actor=admin, build=build, succeeded=True, image_digest=image,
-                             process_types={"web": "exec httpd -f -p $PORT -h /"})
         r = redis_client()
+        image: list[str] = []
 
-        def routed() -> int:
+        def add_host() -> BenchHost:
+            h = BenchHost(work, image)
+            hosts.append(h)
+            actions.host_register(actor=admin, name=h.name, address="127.0.0.1", memory_mb=8192, cpus=2)
+            return h
+
+        def new_app(name: str) -> App:
+            app = actions.app_create(actor=admin, name=name, team=team)
+            build = actions.build_create(actor=admin, app=app, commit="0" * 40)
+            actions.build_finish(actor=admin, build=build, succeeded=True, image_digest=image[0],
+                                 process_types={"web": "exec httpd -f -p $PORT -h /"})
+            return app
+
+        def routed(app: App) -> int:
             raw = r.hget(APPS_KEY, app.name)
             return 0 if raw is None else len(decode_app(app.name, raw).endpoints)
 
-        def converge(n: int, timeout: float = 120) -> None:
+        def converge(app: App, n: int, on: set[str] | None = None, timeout: float = 120) -> None:
             deadline = time.monotonic() + timeout
-            while not (Container.objects.filter(app=app, state="ready").count() == n == routed()
-                       and Container.objects.filter(app=app).count() == n
-                       and (n > 0 or not client.list())):
+            while True:
+                rows = list(Container.objects.filter(app=app).select_related("host"))
+                if (len(rows) == n == routed(app) and all(c.state == "ready" for c in rows)
+                        and (on is None or {c.host.name for c in rows if c.host} <= on)):
+                    return
                 if time.monotonic() > deadline:
-                    raise SystemExit(f"web={n} did not converge within {timeout:.0f} s")
+                    raise SystemExit(f"{app.name}: web={n} did not converge within {timeout:.0f} s")
                 reconcile_app(app.pk)
                 follow_once(r, "bench", block_ms=20)
 
-        def scale(n: int) -> None:
+        def scale(app: App, n: int) -> None:
             actions.formation_scale(actor=admin, app=app, updates=[{"type": "web", "quantity": n}])
 
-        scale(SCALE_FROM)
-        converge(SCALE_FROM)
-        t0 = time.perf_counter()
-        scale(SCALE_TO)
-        converge(SCALE_TO)
-        elapsed = time.perf_counter() - t0
-        scale(0)
-        converge(0)
-        return elapsed
+        if want_scale:
+            one = add_host()
+            app = new_app("bench-scale")
+            scale(app, SCALE_FROM)
+            converge(app, SCALE_FROM)
+            t0 = time.perf_counter()
+            scale(app, SCALE_TO)
+            converge(app, SCALE_TO)
+            figures["scale_s"] = time.perf_counter() - t0
+            scale(app, 0)
+            converge(app, 0)
+            deadline = time.monotonic() + 60
+            while one.client.list() and time.monotonic() < deadline:
+                follow_once(r, "bench", block_ms=100)
+        if want_failover:
+            while len(hosts) < 3:
+                add_host()
+            three = {h.name for h in hosts[-3:]}
+            app = new_app("bench-failover")
+            scale(app, 6)
+            converge(app, 6, on=three)
+            victim = hosts[-1]
+            t0 = time.perf_counter()
+            victim.kill()
+            converge(app, 6, on=three - {victim.name})
+            figures["failover_s"] = time.perf_counter() - t0
     finally:
-        _remove_containers(runtime_dir)
-        for p in reversed(procs):
-            p.terminate()
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-        from runtime.network import HostNetwork
-
-        with contextlib.suppress(Exception):
-            HostNetwork(bridge, subnet, runtime_dir / "network").teardown()
+        for h in hosts:
+            h.close()
+        redis_proc.terminate()
+        redis_proc.wait()
         shutil.rmtree(work, ignore_errors=True)
+    return figures
 
 
 if __name__ == "__main__":
