@@ -191,13 +191,25 @@ class _Receive(ReceivePackHandler):
     """receive-pack that builds the pushed commit before the branch moves."""
 
     cancelled: threading.Event  # set once the client has hung up
+    thread: threading.Thread
     push: Callable[[_Receive, list[tuple[bytes, bytes, bytes]]], Iterator[tuple[bytes, bytes]]]
 
     def say(self, line: str) -> None:
-        if self.has_capability(CAPABILITY_SIDE_BAND_64K):
-            data = (line.rstrip("\n") + "\n").encode("utf-8", "replace")
+        if not self.has_capability(CAPABILITY_SIDE_BAND_64K):
+            return
+        data = (line.rstrip("\n") + "\n").encode("utf-8", "replace")
+        try:
             for i in range(0, len(data), 65000):
                 self.proto.write_sideband(SIDE_BAND_CHANNEL_PROGRESS, data[i:i + 65000])
+        except ClientGone:
+            # Only the push's own thread unwinds; the builder's progress ticker just goes quiet
+            # (the cancelled step's process group is killed by the executor).
+            if threading.current_thread() is self.thread:
+                raise
+
+    def handle(self) -> None:
+        self.thread = threading.current_thread()
+        super().handle()
 
     def _apply_pack(self, refs: Any) -> Iterator[tuple[bytes, bytes]]:
         return self.push(self, list(refs))
