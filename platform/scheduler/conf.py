@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from controlplane.env import env_int
@@ -15,6 +16,8 @@ class SchedulerSettings:
     down_after_s: int  # a host whose last heartbeat is older than this is `down`
     tick_s: int  # the beat's ingest and reconcile interval
     cpu_overcommit: int  # CPU shares placeable per core (a share is a weight, not a whole core)
+    max_surge: int | None  # containers beyond the quantity during a roll-out (None: quantity)
+    max_unavailable: int  # how far below the quantity ready containers may drop in a roll-out
 
     @classmethod
     def from_env(cls) -> SchedulerSettings:
@@ -25,4 +28,6 @@ class SchedulerSettings:
             down_after_s=env_int("PAAS_HOST_DOWN_AFTER_S", 30),
             tick_s=env_int("PAAS_SCHEDULER_TICK_S", 2),
             cpu_overcommit=max(1, env_int("PAAS_CPU_OVERCOMMIT", 8)),
+            max_surge=max(0, env_int("PAAS_DEPLOY_MAX_SURGE", -1)) if os.environ.get("PAAS_DEPLOY_MAX_SURGE") else None,
+            max_unavailable=max(0, env_int("PAAS_DEPLOY_MAX_UNAVAILABLE", 0)),
         )

@@ -9,9 +9,10 @@ running it and observing the result, again and again, converges:
   unknown) are stopped; a current-release one is replaced. A crash is replaced after a back-off
   (1, 2, 4, ... seconds, at most `BACKOFF_MAX_S`) that grows with its restarts; until then its
   row stays and the plan says when to look again (`retry_at`).
-- New containers start first: the current release gets its full quantity at once (surge =
-  quantity). Containers of older releases, and those on a `draining` host, are stopped only as
-  current-release ones become `ready`: at every moment, ready new + old kept >= quantity.
+- New containers start first: by default the current release gets its full quantity at once
+  (surge = quantity; `max_surge` limits it). Containers of older releases, and those on a
+  `draining` host, are stopped only as current-release ones become `ready`: at every moment,
+  ready new + old kept >= quantity - `max_unavailable` (default 0).
 - Surplus current-release containers (scaled down) stop at once, the not-ready ones first.
 - Process types no longer in the formation (or scaled to 0) stop entirely.
 - A container still `starting` after `start_timeout_s` (its spec never reached the agent: a
@@ -111,8 +112,17 @@ def plan(
     hosts: Sequence[HostCapacity],
     now: float,
     start_timeout_s: float = 120.0,
+    max_surge: int | None = None,
+    max_unavailable: int = 0,
 ) -> Plan:
-    """Compute the steps that move `observed` towards `desired` (see the module docstring)."""
+    """Compute the steps that move `observed` towards `desired` (see the module docstring).
+
+    `max_surge`: how many containers of a type beyond its quantity may run during a roll-out
+    (None: the whole quantity). `max_unavailable`: how far below the quantity the ready ones may
+    drop. With both 0 nothing could move, so the surge is then at least 1.
+    """
+    if max_surge is not None and max_surge <= 0 and max_unavailable <= 0:
+        max_surge = 1
     host_state = {h.name: h.state for h in hosts}
     wanted = {p.type: p for p in desired.processes if p.quantity > 0 and desired.image is not None}
     by_type: dict[str, list[Observed]] = {}
@@ -165,9 +175,19 @@ def plan(
         kept = current[:slots]
         ready_new = sum(1 for c in kept if c.state == "ready")
 
+        # Old containers go as new ones are ready (less `max_unavailable`); the ready old ones
+        # are kept longest.
+        keep_old = max(0, quantity - ready_new - max_unavailable)
+        old.sort(key=lambda c: (c.state != "ready", c.number, c.id))
+        for c in old[keep_old:]:
+            stops.append(Stop(c.id, c.host, "replaced by a ready container of the current release"))
+
+        # New ones start up to the surge: at most quantity + surge containers of the type live.
+        surge = quantity if max_surge is None else max_surge
+        room = quantity + surge - (len(kept) + len(crashed) + min(keep_old, len(old)))
         used = {c.number for c in kept} | {c.number for c in crashed}
         number = 0
-        for _ in range(slots - len(kept)):
+        for _ in range(max(0, min(slots - len(kept), room))):
             number += 1
             while number in used:
                 number += 1
@@ -175,12 +195,9 @@ def plan(
             assert want is not None
             req = Request(desired.app, ptype, want.memory_mb, want.cpu, want.constraints)
             requests.append((req, want, number, restarts_of.get(number, 0)))
+        if len(kept) < slots:
+            converged = False
 
-        # Old containers go only as new ones are ready; the ready old ones are kept longest.
-        keep_old = max(0, quantity - ready_new)
-        old.sort(key=lambda c: (c.state != "ready", c.number, c.id))
-        for c in old[keep_old:]:
-            stops.append(Stop(c.id, c.host, "replaced by a ready container of the current release"))
         for c in [*kept, *old[:keep_old]]:
             if c.host:
                 surviving[c.host] = surviving.get(c.host, 0) + 1

@@ -100,7 +100,8 @@ def _reconcile_locked(app_id: int, now: float) -> Outcome:
         # A spec that reached its agent is `running` within seconds (the image is local, or
         # pulled within the boot timeout); `starting` for longer means it never got there.
         p = plan(desired, observed, _host_capacities(conf.cpu_overcommit), now,
-                 start_timeout_s=conf.boot_timeout_s + 60)
+                 start_timeout_s=conf.boot_timeout_s + 60, max_surge=conf.max_surge,
+                 max_unavailable=conf.max_unavailable)
         out = Outcome("done", p, release=desired.release if release is not None else None)
 
         by_id = {c.id: c for c in rows}

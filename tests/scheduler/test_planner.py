@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections import Counter
 
+import pytest
+
 from scheduler.placement import HostCapacity
 from scheduler.planner import Desired, Observed, Plan, ProcessType, backoff_s, plan
 
@@ -159,3 +161,24 @@ def test_it_converges_when_its_plans_are_applied_and_everything_gets_ready() -> 
         assert ready_serving >= 4, "a moment with fewer ready web containers than wanted"
     assert p.converged
     assert sorted((o.release, o.number) for o in observed) == [(2, 1), (2, 2), (2, 3), (2, 4)]
+
+
+@pytest.mark.parametrize(("surge", "unavailable"), [(None, 0), (1, 0), (0, 1), (2, 1), (0, 0)])
+def test_it_rolls_out_within_the_surge_and_unavailability_limits(surge: int | None, unavailable: int) -> None:
+    quantity = 4
+    observed: list[Observed] = [c(f"o{i}", i, release=1, host="abc"[i % 3]) for i in range(1, quantity + 1)]
+    limit_live = quantity + (quantity if surge is None else max(surge, 1 if unavailable == 0 else 0))
+    for step in range(40):
+        p = plan(desired(release=2, web=quantity), observed, HOSTS, NOW,
+                 max_surge=surge, max_unavailable=unavailable)
+        if p.converged:
+            break
+        gone = {s.container_id for s in p.stops}
+        observed = [o for o in observed if o.id not in gone]
+        assert sum(1 for o in observed if o.state == "ready") >= quantity - unavailable
+        observed += [c(f"n{step}-{s.number}", s.number, state="starting", host=s.host) for s in p.starts]
+        assert len(observed) <= limit_live
+        # Between passes, what was started becomes ready.
+        observed = [Observed(o.id, o.type, o.number, o.release, o.host, "ready") for o in observed]
+    assert p.converged
+    assert sorted((o.release, o.number) for o in observed) == [(2, n) for n in range(1, quantity + 1)]

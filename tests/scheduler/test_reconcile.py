@@ -256,3 +256,15 @@ def test_it_replaces_containers_whose_specs_were_lost_when_a_worker_died(app, ho
     assert set(out.stopped) == lost and len(out.started) == 2
     assert sorted(c.number for c in containers(app)) == [1, 2]
     assert {spec["id"] for _, spec in agents.runs} == set(out.started)
+
+
+def test_it_rolls_out_one_at_a_time_with_a_surge_of_one(app, hosts, member, agents, run, deploy, monkeypatch) -> None:
+    monkeypatch.setenv("PAAS_DEPLOY_MAX_SURGE", "1")
+    scale(member, app, web=3)
+    run(app)
+    for i, c in enumerate(containers(app)):
+        mark(c, "ready", f"10.9.0.{20 + i}:5000")
+    v2 = deploy(app)
+    out = run(app)
+    assert len(out.started) == 1 and out.stopped == []
+    assert sum(1 for c in containers(app) if c.release_id == v2.pk) == 1
