@@ -10,7 +10,7 @@ import pytest
 
 from paas_cli.credentials import Credentials
 from paas_cli.gitcredential import answer, helper_command, parse_request
-from tests.gitserver.conftest import Git, Server, Team, remote_url
+from tests.gitserver.conftest import Git, Server, Team, remote_url, unique
 
 PAAS = str(Path(sys.executable).parent / "paas")
 CREDS = Credentials(server="http://paas.example:8000", token="paas_secret")
@@ -62,3 +62,27 @@ def test_it_pushes_without_asking_after_paas_login(server: Server, team: Team, g
     assert again.returncode == 0, again.stderr
     helpers = git.run("config", "--global", "--get-all", f"credential.{server.url}.helper").stdout
     assert helpers.strip().splitlines() == [f"!{PAAS} git-credential"]
+
+
+@pytest.mark.slow
+def test_it_deploys_with_login_apps_create_and_git_push_paas_main(
+    server: Server, team: Team, git: Git,
+) -> None:
+    env = git.env()
+
+    def paas(*args: str) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run([PAAS, *args], cwd=git.dir, env=env, capture_output=True,
+                                text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        return result
+
+    paas("login", "--server", server.url, "--token", team.owner_token)
+    name = unique("fresh")
+    created = paas("apps:create", name)
+    assert "Git remote paas added" in created.stdout
+    git.commit({"Procfile": "web: httpd -f -p $PORT\n"})
+
+    result = git.run("push", "paas", "main")
+
+    assert "remote: -----> Procfile app detected" in result.stderr
+    assert f"remote:        http://{name}.apps.test deployed" in result.stderr
