@@ -33,6 +33,10 @@ def _setup(data_dir: Path) -> None:
     os.environ.setdefault("PAAS_SECRET_KEY", "bench-only-secret-key-0123456789-0123456789-0123")
     os.environ["PAAS_CELERY_EAGER"] = "true"  # the actions' follow-up tasks run in-process
     os.environ["DJANGO_SETTINGS_MODULE"] = "controlplane.settings"
+    # This script's own folder comes first on the path, and its neighbours (bench/scheduler.py)
+    # would shadow the control plane's packages of the same name.
+    here = Path(__file__).resolve().parent
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != here]
     sys.path.insert(0, str(ROOT))
     sys.path.append(str(ROOT / "platform"))
     import django
