@@ -282,6 +282,8 @@ def measure_real(want_scale: bool, want_failover: bool) -> dict[str, float]:
             app = new_app("bench-failover")
             scale(app, 6)
             converge(app, 6, on=three)
+            spread = Counter(Container.objects.filter(app=app).values_list("host__name", flat=True))
+            print("failover: web=6 placed " + "/".join(str(n) for n in sorted(spread.values())))
             victim = hosts[-1]
             t0 = time.perf_counter()
             victim.kill()

@@ -181,11 +181,12 @@ def _host_capacities(cpu_overcommit: int) -> list[HostCapacity]:
     contention), so a host offers `cpu_overcommit` shares per core; memory is never overcommitted.
     """
     reserved: dict[int, tuple[int, float]] = {}
-    live = (
+    live = list(
         Container.objects.filter(state__in=LIVE, host__isnull=False)
         .values("host_id", "app_id", "type")
     )
-    sizes = {(f.app_id, f.type): (f.memory_mb, f.cpu) for f in Formation.objects.all()}
+    formation = Formation.objects.filter(app_id__in={c["app_id"] for c in live})
+    sizes = {(f.app_id, f.type): (f.memory_mb, f.cpu) for f in formation}
     for c in live:
         mem, cpu = sizes.get((c["app_id"], c["type"]), (0, 0.0))
         m, u = reserved.get(c["host_id"], (0, 0.0))
