@@ -246,8 +246,18 @@ def _push(user: User, app: App, repo: Repo, over: str) -> Callable[..., Iterator
 def _update(handler: _Receive, user: User, app: App, repo: Repo, old: bytes, new: bytes,
             ref: bytes, *, already: bool) -> bytes:
     branch = ref.decode(errors="replace").removeprefix("refs/heads/")
+    if ref.startswith(b"refs/tags/"):  # kept as pushed (`--follow-tags`); tags never deploy
+        try:
+            if new == ZERO_SHA:
+                ok = repo.refs.remove_if_equals(ref, old)
+            else:
+                ok = repo.refs.set_if_equals(ref, None if old == ZERO_SHA else old, new)
+        except (KeyError, ValueError):
+            ok = False
+        return b"ok" if ok else b"failed to update the tag"
     if ref not in repos.DEPLOY_BRANCHES:
-        handler.say(f" !     Only main or master is deployed; push with `git push paas {branch}:main`.")
+        handler.say(f" !     {branch}: only main or master is deployed; to deploy another branch, "
+                    "`git push paas <branch>:main`.")
         return b"only main or master is deployed"
     if new == ZERO_SHA:
         return b"deleting the deployed branch is not allowed"

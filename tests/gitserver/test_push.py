@@ -165,10 +165,23 @@ def test_it_deploys_master_too_and_refuses_other_branches(server: Server, team: 
 
     other = git.run("push", url, "main:feature", ok=False)
     assert "[remote rejected] main -> feature (only main or master is deployed)" in other.stderr
+    assert "remote:  !     feature: only main or master is deployed" in other.stderr
 
     master = git.run("push", url, "main:master")
     assert "-----> Released v" in master.stderr
     assert _ls_remote(git, url)["refs/heads/master"] == commit
+
+
+def test_it_keeps_tags_pushed_with_the_branch(server: Server, team: Team, git: Git) -> None:
+    url = remote_url(server, team.app, team.owner_token)
+    commit = git.commit(PROCFILE_APP)
+    git.run("tag", "-a", "-m", "first", "v1")
+
+    result = git.run("push", "--follow-tags", url, "main")
+
+    assert "-----> Released v" in result.stderr
+    refs = _ls_remote(git, url)
+    assert refs["refs/heads/main"] == commit and refs["refs/tags/v1^{}"] == commit
 
 
 def test_it_clones_what_was_pushed(server: Server, team: Team, git: Git, tmp_path: Path) -> None:
