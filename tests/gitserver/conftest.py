@@ -67,7 +67,7 @@ def server() -> Iterator[Server]:
         "PAAS_SECRET_KEY": "git-" + uuid.uuid4().hex,
         "PAAS_BUILD_STACK": "tiny",
         "PAAS_BUILD_PROGRESS_S": "1",
-        "PAAS_GIT_MAX_REPO_MB": "8",
+        "PAAS_GIT_MAX_REPO_MB": "24",
         "PAAS_DOMAIN": "apps.test",
     })
     redis = subprocess.Popen(
@@ -158,9 +158,10 @@ class Git:
                     "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"})
         return env
 
-    def run(self, *args: str, ok: bool = True, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(["git", *args], cwd=self.dir, env=self.env(), capture_output=True,
-                                text=True, timeout=timeout)
+    def run(self, *args: str, ok: bool = True, timeout: float = 180,
+            extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(["git", *args], cwd=self.dir, env={**self.env(), **(extra_env or {})},
+                                capture_output=True, text=True, timeout=timeout)
         if ok:
             assert result.returncode == 0, result.stdout + result.stderr
         else:

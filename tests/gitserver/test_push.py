@@ -97,24 +97,27 @@ def test_it_streams_the_build_in_order_with_progress_while_silent(
     assert lines[released + 1] == f"http://{team.app}.apps.test deployed"
 
 
-def test_it_accepts_a_push_of_several_mebibytes(server: Server, team: Team, git: Git) -> None:
-    blob = os.urandom(3 * 1024 * 1024)  # incompressible: the pack is over 3 MiB on the wire
+def test_it_accepts_a_push_of_many_mebibytes(server: Server, team: Team, git: Git) -> None:
+    # Incompressible, so the pack is over 12 MiB on the wire: git sends it chunked.
+    blob = os.urandom(12 * 1024 * 1024)
     commit = git.commit({**PROCFILE_APP, "data.bin": blob})
     url = remote_url(server, team.app, team.owner_token)
 
-    result = git.run("push", url, "main")
+    result = git.run("push", url, "main", extra_env={"GIT_TRACE_CURL": "1",
+                                                     "GIT_TRACE_CURL_NO_DATA": "1"})
 
+    assert "Transfer-Encoding: chunked" in result.stderr  # no Content-Length: read to the end
     assert "-----> Released v" in result.stderr
     assert _ls_remote(git, url)["refs/heads/main"] == commit
 
 
 def test_it_refuses_a_push_over_the_repository_size_limit(server: Server, team: Team, git: Git) -> None:
-    git.commit({**PROCFILE_APP, "data.bin": os.urandom(9 * 1024 * 1024)})  # the limit is 8 MiB
+    git.commit({**PROCFILE_APP, "data.bin": os.urandom(25 * 1024 * 1024)})  # the limit is 24 MiB
     url = remote_url(server, team.app, team.owner_token)
 
     result = git.run("push", url, "main", ok=False)
 
-    assert "over the limit of 8 MiB" in result.stderr
+    assert "over the limit of 24 MiB" in result.stderr
     assert "[remote rejected] main -> main" in result.stderr
     assert "refs/heads/main" not in _ls_remote(git, url)
 
