@@ -15,8 +15,10 @@ import redis
 from django.conf import settings
 from django.db import connections
 
+from core import actions
 from core.models import App, ContainerState, Formation, Host, HostState, Release
 from router.metrics import logs_key
+from web import live
 
 from .conftest import (
     PASSWORD,
@@ -142,10 +144,21 @@ def test_it_walks_through_login_create_config_scale_rollback_and_hosts(
     assert app.current_release().description == "Rollback to v2"
     shoot(page, "app-releases")
 
-    # Builds, logs and activity render for the same app.
+    # A build that is still running streams its output into the open page.
+    running = actions.build_create(actor=acme.owner, app=app, commit="e" * 40)
+    build_stream = live.build_logs_key(running.pk)
+    request.addfinalizer(lambda: delete_keys([build_stream]))
+    r = redis.Redis.from_url(settings.REDIS_URL)
+    r.xadd(build_stream, {"tag": "build", "line": "-----> Python app detected"})
     page.get_by_role("link", name="Builds").click()
     page.wait_for_url(re.compile(r"/apps/storefront/builds/$"))
     shoot(page, "app-builds")
+    page.get_by_role("link", name=f"#{running.pk}").click()
+    page.get_by_text("Python app detected").wait_for()
+    r.xadd(build_stream, {"tag": "build", "line": "-----> Installing requirements"})
+    page.get_by_text("Installing requirements").wait_for(timeout=15_000)
+    shoot(page, "app-build-running")
+    page.go_back()
     page.get_by_role("link", name="Logs").click()
     page.get_by_text("GET /items/3 200").last.wait_for()
     shoot(page, "app-logs")

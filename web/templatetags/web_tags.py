@@ -95,3 +95,9 @@ def took(build: Any) -> str:
     seconds = max(0, round((build.finished_at - build.started_at).total_seconds()))
     minutes, seconds = divmod(seconds, 60)
     return f"{minutes}m {seconds}s" if minutes else f"{seconds}s"
+
+
+@register.filter
+def build_badge(status: str) -> str:
+    """The badge style of a build status: a build in progress is news, not yet good or bad."""
+    return "info" if status in ("pending", "running") else _STATE_CSS.get(status, "idle")
