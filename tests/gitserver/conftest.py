@@ -102,6 +102,8 @@ def server() -> Iterator[Server]:
                 assert time.monotonic() < deadline, log_path.read_text()
                 time.sleep(0.2)
         yield srv
+        # Whatever the pushes did (hang-ups included), nothing crashed in the web process.
+        assert "Traceback" not in log_path.read_text(), log_path.read_text()
     finally:
         for proc in (web, redis):
             if proc is not None and proc.poll() is None:
