@@ -38,6 +38,6 @@ def follow(stop: threading.Event, block_ms: int = 1000) -> None:
     while not stop.is_set():
         try:
             follow_once(r, consumer, block_ms)
-        except redis.exceptions.ConnectionError as e:
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as e:
             log.warning("redis is away (%s); trying again", e)
             stop.wait(1.0)

@@ -100,7 +100,14 @@ def ingest(r: redis.Redis[bytes], consumer: str, *, count: int = 1000, block_ms:
     """
     ensure_groups(r)
     conf = SchedulerSettings.from_env()
-    pending, fresh = _read_all(r, consumer, count, block_ms)
+    try:
+        pending, fresh = _read_all(r, consumer, count, block_ms)
+    except redis.exceptions.ResponseError as e:
+        if "NOGROUP" not in str(e):
+            raise
+        # Redis restarted empty between creating the group and reading: create it again.
+        ensure_groups(r)
+        pending, fresh = _read_all(r, consumer, count, block_ms)
     now = now or timezone.now()
     events = [*pending[EVENTS_STREAM], *fresh[EVENTS_STREAM]]
     beats = [*pending[HEARTBEATS_STREAM], *fresh[HEARTBEATS_STREAM]]
