@@ -237,7 +237,7 @@ def _push(user: User, app: App, repo: Repo, over: str) -> Callable[..., Iterator
         built = False
         for old, new, ref in refs:
             status = _update(handler, user, app, repo, old, new, ref, already=built)
-            built = built or status == b"ok"
+            built = built or (status == b"ok" and ref in repos.DEPLOY_BRANCHES)
             yield (ref, status)
 
     return apply

@@ -180,7 +180,8 @@ def test_it_keeps_tags_pushed_with_the_branch(server: Server, team: Team, git: G
     commit = git.commit(PROCFILE_APP)
     git.run("tag", "-a", "-m", "first", "v1")
 
-    result = git.run("push", "--follow-tags", url, "main")
+    # The tag's ref comes first: a tag is no deploy, so the branch still builds.
+    result = git.run("push", url, "refs/tags/v1", "main")
 
     assert "-----> Released v" in result.stderr
     refs = _ls_remote(git, url)
