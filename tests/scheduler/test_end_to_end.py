@@ -28,6 +28,7 @@ from router.table import route_app_delete
 from runtime.images import ImageStore
 from runtime.tinyimage import build_tiny_image
 from tests.runtime.daemon_fixtures import REPO, Daemon
+from tests.scheduler.conftest import COMMIT
 from tests.scheduler.realhost import converge, deploy, new_app, route
 
 pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.django_db]
@@ -153,6 +154,53 @@ def test_it_redeploys_with_a_ready_web_container_routed_at_every_moment(
             return not ({c["id"] for c in host_daemon.client.list()} & old)
 
         converge(app, django_capture_on_commit_callbacks, r, old_gone, timeout=60)
+    finally:
+        host_daemon.made += sorted(made)
+        with contextlib.suppress(redis.RedisError):
+            route_app_delete(r, app.name)
+
+
+def test_it_fails_a_release_that_never_gets_ready_and_keeps_the_previous_one_serving(
+        host_daemon: Daemon, agent_process: str, member: Any, staff: Any, r: redis.Redis,
+        django_capture_on_commit_callbacks: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from core.models import ReleaseStatus
+
+    monkeypatch.setenv("PAAS_BOOT_TIMEOUT_S", "2")
+    store = ImageStore(host_daemon.root / "images")
+    image = store.resolve(build_tiny_image(store)).digest
+    actions.host_register(actor=staff, name=agent_process, address="127.0.0.1", memory_mb=4096, cpus=4)
+    app = new_app(member, image)
+    made: set[str] = set()
+
+    def remember() -> None:
+        made.update(Container.objects.filter(app=app).values_list("id", flat=True))
+
+    try:
+        def serving() -> bool:
+            remember()
+            return len(route(r, app)) == 1 and Container.objects.filter(app=app).count() == 1
+
+        converge(app, django_capture_on_commit_callbacks, r, serving)
+        good = app.current_release()
+        (serving_id,) = Container.objects.filter(app=app).values_list("id", flat=True)
+        before = route(r, app)
+        build = actions.build_create(actor=member, app=app, commit=COMMIT)
+        bad = actions.build_finish(actor=member, build=build, succeeded=True, image_digest=image,
+                                   process_types={"web": "exec sleep 1000"})  # never listens
+        seen: list[list[str]] = []
+
+        def failed_and_cleaned() -> bool:
+            remember()
+            bad.refresh_from_db()
+            ids = set(Container.objects.filter(app=app).values_list("id", flat=True))
+            return bad.status == ReleaseStatus.FAILED and ids == {serving_id} and (
+                set(made) - ids).isdisjoint({c["id"] for c in host_daemon.client.list()})
+
+        converge(app, django_capture_on_commit_callbacks, r, failed_and_cleaned, timeout=90,
+                 each=lambda: seen.append(route(r, app)))
+        assert all(s == before for s in seen), "the previous release served all along"
+        good.refresh_from_db()
+        assert good.status == ReleaseStatus.DEPLOYED
     finally:
         host_daemon.made += sorted(made)
         with contextlib.suppress(redis.RedisError):
