@@ -6,3 +6,10 @@ from django.apps import AppConfig
 class GitServerConfig(AppConfig):
     name = "gitserver"
     verbose_name = "Git receiver"
+
+    def ready(self) -> None:
+        # A wrong value fails at start-up with the variable's name, not in the middle of a push.
+        from gitserver import deploy, repos
+
+        repos.max_repo_bytes()
+        deploy.build_settings()

@@ -95,6 +95,11 @@ def stack_reference() -> str:
     return env_str("PAAS_BUILD_STACK", DEFAULT_STACK)
 
 
+def build_settings() -> tuple[float, float]:
+    """PAAS_BUILD_TIMEOUT_S (default 900) and PAAS_BUILD_PROGRESS_S (default 20), in seconds."""
+    return float(env_int("PAAS_BUILD_TIMEOUT_S", 900)), float(env_int("PAAS_BUILD_PROGRESS_S", 20))
+
+
 def run_build(*, app: App, user: object, commit: str, repo: Path,
               say: Callable[[str], None], cancelled: threading.Event | None = None) -> Outcome:
     """Build `commit` of `app`; record the Build (and the release if good) either way.
@@ -114,6 +119,7 @@ def run_build(*, app: App, user: object, commit: str, repo: Path,
     started = time.monotonic()
     scratch = Path(tempfile.mkdtemp(prefix=f"paas-push-{app.name}-"))
     stack = stack_reference()
+    timeout, progress = build_settings()
     try:
         out(f"-----> Building {commit[:7]} of {app.name} (build {record.pk}) on {stack}")
         store = image_store()
@@ -126,8 +132,7 @@ def run_build(*, app: App, user: object, commit: str, repo: Path,
                 app=app.name, source_dir=scratch / "src", work_dir=scratch / "work",
                 cache_dir=default_cache_dir(app.name, data_dir()), config=app.config(),
                 build_id=str(record.pk), commit=commit, stack=stack.removeprefix("stack:"),
-                timeout=float(env_int("PAAS_BUILD_TIMEOUT_S", 900)),
-                progress_interval=float(env_int("PAAS_BUILD_PROGRESS_S", 20)),
+                timeout=timeout, progress_interval=progress,
             ),
             CancellableExecutor(HostExecutor(), cancelled, scratch),
             out,

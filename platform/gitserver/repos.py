@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import shutil
+import uuid
 from pathlib import Path
 
 from dulwich.repo import Repo
@@ -33,16 +35,14 @@ def open_repo(app: str) -> Repo:
     path = repo_path(app)
     if not (path / "HEAD").exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        tmp.mkdir()
         repo = Repo.init_bare(str(tmp))
         repo.refs.set_symbolic_ref(b"HEAD", DEFAULT_BRANCH)
         repo.close()
         try:
             tmp.rename(path)  # atomic: a concurrent first use sees a whole repository or none
-        except OSError:
-            import shutil
-
+        except OSError:  # another request made it first
             shutil.rmtree(tmp, ignore_errors=True)
     return Repo(str(path))
 
