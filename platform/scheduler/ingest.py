@@ -162,7 +162,7 @@ def _apply_event(ev: dict[str, str], result: IngestResult) -> None:
 def _time(raw: str | None) -> datetime:
     try:
         return datetime.fromtimestamp(float(raw or ""), tz=UTC)
-    except ValueError:
+    except (ValueError, OverflowError, OSError):
         return timezone.now()
 
 
@@ -173,8 +173,9 @@ def _apply_heartbeats(beats: Iterable[dict[str, str]]) -> list[tuple[str, str]]:
         try:
             t = float(b.get("time", ""))
             data = json.loads(b.get("data", ""))
-        except ValueError:
-            continue
+            datetime.fromtimestamp(t, tz=UTC)
+        except (ValueError, OverflowError, OSError):
+            continue  # garbled: acknowledged with the batch and dropped, never retried forever
         name = b.get("host", "")
         if isinstance(data, dict) and (name not in latest or t >= latest[name][0]):
             latest[name] = (t, data)
@@ -187,16 +188,22 @@ def _apply_heartbeats(beats: Iterable[dict[str, str]]) -> list[tuple[str, str]]:
         when = datetime.fromtimestamp(t, tz=UTC)
         if host.last_heartbeat_at is not None and host.last_heartbeat_at > when:
             continue
+        try:
+            memory_mb = max(1, int(data.get("memory_mb") or host.memory_mb))
+            cpus = max(1, int(data.get("cpus") or host.cpus))
+            reserved = max(0, int(data.get("memory_reserved_mb") or 0))
+            load1 = float(data.get("load1") or 0.0)
+        except (TypeError, ValueError):
+            log.warning("garbled heartbeat from host %r ignored", name)
+            continue
         host.last_heartbeat_at = when
-        host.memory_mb = max(1, int(data.get("memory_mb") or host.memory_mb))
-        host.cpus = max(1, int(data.get("cpus") or host.cpus))
-        host.memory_mb_used = max(0, int(data.get("memory_reserved_mb") or 0))
-        host.cpus_used = float(data.get("load1") or 0.0)
+        host.memory_mb, host.cpus, host.memory_mb_used, host.cpus_used = memory_mb, cpus, reserved, load1
         if host.state == HostState.DOWN:
             host.state = HostState.READY
             log.info("host %s is back", name)
         host.save()
-        reported = {str(c.get("id", "")) for c in data.get("containers") or [] if isinstance(c, dict)}
+        listed = data.get("containers")
+        reported = {str(c.get("id", "")) for c in listed if isinstance(c, dict)} if isinstance(listed, list) else set()
         known = set(Container.objects.filter(id__in=reported, host=host).values_list("id", flat=True))
         stale += [(name, cid) for cid in sorted(reported - known) if OUR_ID.match(cid)]
     return stale

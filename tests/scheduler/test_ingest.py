@@ -195,3 +195,20 @@ def test_its_follower_routes_and_reconciles_as_reports_arrive(placed, r, django_
     route = decode_app(placed[0].app.name, r.hget(APPS_KEY, placed[0].app.name))
     assert sorted(e.key for e in route.endpoints) == ["10.9.0.3:5000", "10.9.1.3:5000"]
     assert placed[0].app.current_release().status == ReleaseStatus.DEPLOYED
+
+
+def test_it_drops_garbled_reports_without_losing_the_good_ones_in_the_same_batch(placed, r, hosts) -> None:
+    from runtime.agent.reports import HEARTBEATS_STREAM
+
+    web1, _ = placed
+    r.xadd(HEARTBEATS_STREAM, {"host": hosts[0].name, "time": "soon", "data": "{"})
+    r.xadd(HEARTBEATS_STREAM, {"host": hosts[1].name, "time": str(time.time()),
+                               "data": json.dumps({"memory_mb": "lots", "containers": "all"})})
+    r.xadd(EVENTS_STREAM, {"host": web1.host.name, "id": web1.id, "state": "sleepy", "time": "x"})
+    report(r, web1, "running", address="10.9.0.2:5000")
+    name = consumer()
+    ingest(r, name)
+    web1.refresh_from_db()
+    assert web1.state == "running"
+    assert ingest(r, name).events == 0, "nothing is left to retry"
+    assert r.xpending(HEARTBEATS_STREAM, GROUP)["pending"] == 0
