@@ -117,7 +117,9 @@ def run_build(*, app: App, user: object, commit: str, repo: Path,
 
     record = build_create(actor=user, app=app, commit=commit)  # type: ignore[arg-type]
     started = time.monotonic()
-    scratch = Path(tempfile.mkdtemp(prefix=f"paas-push-{app.name}-"))
+    # Under the data dir, not /tmp: a build's copies (virtualenvs, node_modules) can be big.
+    (data_dir() / "builds").mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f"{app.name}-", dir=data_dir() / "builds"))
     stack = stack_reference()
     timeout, progress = build_settings()
     try:

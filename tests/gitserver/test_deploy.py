@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from builder.executor import HostExecutor
+from controlplane.env import data_dir
 from core import actions
 from core.models import App, Build
 from gitserver.deploy import CancellableExecutor, ClientGone, run_build
@@ -37,6 +38,7 @@ def _repo(tmp_path: Path, files: dict[str, str]) -> tuple[Path, str]:
 
 @pytest.fixture
 def pushed(db: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, App]:
+    monkeypatch.setenv("PAAS_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("PAAS_RUNTIME_DIR", str(tmp_path / "runtime"))
     monkeypatch.setenv("PAAS_BUILD_STACK", "tiny")
     build_tiny_image(ImageStore(tmp_path / "runtime" / "images"))
@@ -59,6 +61,7 @@ def test_it_records_a_good_build_and_its_release(pushed: tuple[Any, App], tmp_pa
     release = app.releases.order_by("-version").first()
     assert release is not None and release.build_id == build.pk
     assert said[-2:] == [f"-----> Released v{release.version}", f"       {app.url} deployed"]
+    assert list((data_dir() / "builds").iterdir()) == []  # the scratch space is gone
 
 
 def test_it_names_the_missing_stack_and_records_the_failure(
