@@ -23,8 +23,26 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from core.models import App, Build, BuildStatus, Container, Formation, Host, Release, ReleaseStatus
-from router.table import APPS_KEY, check_app_name, route_app_set
+from core.models import (
+    App,
+    Build,
+    BuildStatus,
+    Container,
+    Domain,
+    Formation,
+    Host,
+    Release,
+    ReleaseStatus,
+)
+from router.table import (
+    APPS_KEY,
+    DOMAINS_KEY,
+    check_app_name,
+    route_app_delete,
+    route_app_set,
+    route_domain_delete,
+    route_domain_set,
+)
 from runtime.spec import ContainerSpec, SpecError
 from scheduler import dispatch
 from scheduler.conf import SchedulerSettings
@@ -235,9 +253,35 @@ def ready_endpoints(app_id: int) -> list[str]:
 
 
 def routes_sync(app_name: str, app_id: int) -> bool:
-    """Write the app's ready web endpoints to the route table when they differ; True if written."""
+    """Write the app's ready web endpoints and custom domains to the route table when they
+    differ; True if anything was written."""
     check_app_name(app_name)
     r = redis_client()
+    domains_changed = _domains_sync(r, app_name, set(
+        Domain.objects.filter(app_id=app_id).values_list("hostname", flat=True)))
+    return _endpoints_sync(r, app_name, app_id) or domains_changed
+
+
+def routes_delete(app_name: str) -> None:
+    """Take a destroyed app, and every custom domain pointing at it, out of the route table."""
+    r = redis_client()
+    _domains_sync(r, app_name, set())
+    route_app_delete(r, app_name)
+
+
+def _domains_sync(r: redis.Redis[bytes], app_name: str, wanted: set[str]) -> bool:
+    """Make the table's custom domains for the app exactly `wanted`; True if anything changed."""
+    current = {
+        host.decode() for host, app in r.hgetall(DOMAINS_KEY).items() if app.decode() == app_name
+    }
+    for host in sorted(wanted - current):
+        route_domain_set(r, host, app_name)
+    for host in sorted(current - wanted):
+        route_domain_delete(r, host)
+    return wanted != current
+
+
+def _endpoints_sync(r: redis.Redis[bytes], app_name: str, app_id: int) -> bool:
     endpoints = ready_endpoints(app_id)
     raw = r.hget(APPS_KEY, app_name)
     if raw is None and not endpoints:

@@ -3,6 +3,8 @@
 - `scheduler.app_reconcile(app_id=)`: one reconcile step for one app (`core.app_reconcile`,
   which every action that changes desired state enqueues, hands over to it). Re-sent after a
   second when another run holds the app's lock, and at the end of a crash back-off.
+- `scheduler.app_teardown(app_name=)`: a destroyed app's routes and custom domains leave the
+  route table (`core.app_teardown` hands over to it).
 - `scheduler.ingest()`: on the beat (every `PAAS_SCHEDULER_TICK_S`, default 2 s): read the
   agents' reports, write changed apps' routes, reconcile them.
 - `scheduler.tick()`: on the beat (every 30 s): reconcile every app that runs or wants
@@ -21,7 +23,7 @@ from django.db.models import Q
 from controlplane.celery import app as celery_app
 from core.models import App
 from scheduler.ingest import ingest
-from scheduler.reconcile import reconcile_app, redis_client, routes_sync
+from scheduler.reconcile import reconcile_app, redis_client, routes_delete, routes_sync
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,16 @@ def app_reconcile(*, app_id: int) -> None:
     if out.plan.retry_at is not None:
         app_reconcile.apply_async(kwargs={"app_id": app_id},
                                   countdown=max(0.5, out.plan.retry_at - time.time()))
+
+
+@celery_app.task(name="scheduler.app_teardown", ignore_result=True, acks_late=True)  # type: ignore[untyped-decorator]
+def app_teardown(*, app_name: str) -> None:
+    """Take a destroyed app out of the route table.
+
+    Its Container rows went with the app; each host's next heartbeat then lists containers the
+    database no longer knows, and ingestion stops them (see `ingest`).
+    """
+    routes_delete(app_name)
 
 
 @celery_app.task(name="scheduler.ingest", ignore_result=True)  # type: ignore[untyped-decorator]

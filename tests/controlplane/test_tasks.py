@@ -68,3 +68,20 @@ def test_it_keeps_a_committed_change_when_the_broker_is_away(acme, deployed, mon
                                 updates=[{"type": "web", "quantity": 4}])
     assert deployed.formation.get(type="web").quantity == 4
     assert "could not enqueue core.app_reconcile" in caplog.text
+
+
+def test_it_hands_a_destroyed_app_to_the_scheduler(broker) -> None:
+    tasks.app_teardown.run(app_name="gone-app")
+    assert ("scheduler.app_teardown", {"app_name": "gone-app"}) in _task_messages(broker)
+
+
+def test_it_reconciles_every_app_with_containers_on_a_drained_host(acme, deployed, broker) -> None:
+    from core.models import Container
+
+    host, _token = actions.host_register(actor=acme.staff, name="drained-1", address="10.9.0.1",
+                                         memory_mb=1024, cpus=1)
+    Container.objects.create(id=f"{deployed.name}.web.1.abc123", app=deployed,
+                             release=deployed.releases.order_by("-version").first(), type="web",
+                             number=1, host=host)
+    tasks.host_reconcile.run(host_id=host.pk)
+    assert ("scheduler.app_reconcile", {"app_id": deployed.pk}) in _task_messages(broker)
