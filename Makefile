@@ -46,7 +46,7 @@ lint: venv
 	$(VENV)/bin/ruff check .
 
 types: venv
-	$(VENV)/bin/mypy runtime router builder platform/controlplane platform/paas_cli platform/gitserver web
+	$(VENV)/bin/mypy runtime router builder platform/controlplane platform/paas_cli platform/core platform/restapi platform/gitserver platform/scheduler web
 
 bench: debs-test venv
 	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-
 DEFAULT_DATA_DIR = "/var/lib/paas"
 
 

@@ -25,7 +25,7 @@ class SchedulerSettings:
             web_port=env_int("PAAS_WEB_PORT", 5000),
             boot_timeout_s=env_int("PAAS_BOOT_TIMEOUT_S", 60),
             stop_timeout_s=env_int("PAAS_STOP_TIMEOUT_S", 10),
-            down_after_s=env_int("PAAS_HOST_DOWN_AFTER_S", 30),
+            down_after_s=env_int("PAAS_HOST_DOWN_AFTER_S", 10),
             tick_s=env_int("PAAS_SCHEDULER_TICK_S", 2),
             cpu_overcommit=max(1, env_int("PAAS_CPU_OVERCOMMIT", 8)),
             max_surge=max(0, env_int("PAAS_DEPLOY_MAX_SURGE", -1)) if os.environ.get("PAAS_DEPLOY_MAX_SURGE") else None,

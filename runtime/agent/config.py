@@ -85,7 +85,7 @@ class AgentSettings:
             host=name,
             runtime_root=root,
             daemon_socket=root / "daemon.sock",
-            heartbeat_s=_env_float(env, "PAAS_AGENT_HEARTBEAT_S", 10.0, 0.1, 3600.0),
+            heartbeat_s=_env_float(env, "PAAS_AGENT_HEARTBEAT_S", 3.0, 0.1, 3600.0),
             concurrency=_env_int(env, "PAAS_AGENT_CONCURRENCY", 4, 1, 64),
         )
 
