@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from controlplane.env import ConfigError
-from core.management.commands.up import parse_bind, plan_redis
+from core.management.commands.up import parse_bind, plan_redis, processes_to_run
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN_LINE = re.compile(r"^\s+token:\s+(paas_\S+)$")
@@ -108,6 +108,10 @@ def up_env(tmp_path: Path) -> Iterator[dict[str, str]]:
         "PAAS_DATA_DIR": str(tmp_path / "data"),
         "PAAS_BIND": f"127.0.0.1:{free_port()}",
         "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
+        "PAAS_ROUTER_BIND": f"127.0.0.1:{free_port()}",
+        "PAAS_ROUTER_WORKERS": "1",
+        # The runtime daemon and agent change the host's network; tests/runtime covers them.
+        "PAAS_UP_SKIP": "runtime,agent",
         "PYTHONUNBUFFERED": "1",
     })
     yield env
@@ -158,7 +162,7 @@ def test_it_brings_the_platform_up_and_stops_every_process_on_ctrl_c(
         assert account["is_staff"] is True
 
         wanted = ["gunicorn", "celery -A controlplane worker", "celery -A controlplane beat",
-                  "redis-server"]
+                  "redis-server", "manage.py scheduler_follow", "-m router"]
         while time.monotonic() < deadline:
             seen.update(_descendants(proc.pid))
             running = " | ".join(cmd for _start, cmd in seen.values())
@@ -193,6 +197,45 @@ def test_it_brings_the_platform_up_and_stops_every_process_on_ctrl_c(
         for pid, (start, _cmd) in seen.items():
             if _proc_start(pid) == start:
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_it_runs_every_procfile_process_it_can() -> None:
+    names = ["web", "worker", "redis", "router", "runtime", "agent"]
+    run, left_out = processes_to_run(names, own_redis=True, is_root=True, skip=set())
+    assert run == names and left_out == []
+
+
+def test_it_leaves_out_the_container_processes_without_root() -> None:
+    run, left_out = processes_to_run(["web", "runtime", "agent"], own_redis=True, is_root=False,
+                                     skip=set())
+    assert run == ["web"]
+    assert left_out == ["runtime (containers need root: run `make up` as root)",
+                        "agent (containers need root: run `make up` as root)"]
+
+
+def test_it_leaves_out_what_it_is_told_to_and_a_redis_it_does_not_own() -> None:
+    run, left_out = processes_to_run(["web", "redis", "router"], own_redis=False, is_root=True,
+                                     skip={"router"})
+    assert run == ["web"] and left_out == ["router (PAAS_UP_SKIP)"]
+
+
+@pytest.mark.root
+def test_it_registers_this_host_for_its_agent_once(up_env: dict[str, str]) -> None:
+    assert os.geteuid() == 0, "runs as root (CI does)"
+    up_env["PAAS_UP_SKIP"] = ""
+    up_env["PAAS_HOST_NAME"] = "uphost-1"
+    run = [sys.executable, str(ROOT / "manage.py"), "up", "--no-run"]
+    for _ in range(2):
+        result = subprocess.run(run, cwd=ROOT, env=up_env, capture_output=True, text=True,
+                                timeout=120)
+        assert result.returncode == 0, result.stderr
+        assert "This host:  uphost-1 (apps are placed here)" in result.stdout
+    hosts = subprocess.run(
+        [sys.executable, str(ROOT / "manage.py"), "shell", "-c",
+         "from core.models import Host; print([h.name for h in Host.objects.all()])"],
+        cwd=ROOT, env=up_env, capture_output=True, text=True, timeout=120,
+    )
+    assert hosts.stdout.strip().splitlines()[-1] == "['uphost-1']", hosts.stderr
 
 
 def test_it_creates_the_first_admin_only_once(up_env: dict[str, str]) -> None:

@@ -1,8 +1,10 @@
 """`manage.py up`: bring the whole platform up on this host with the embedded defaults.
 
 Migrate; create the first admin when there is no user yet and print their token once; then run
-the platform's Procfile (web, worker, beat, and a redis-server unless one is configured or
-already running) under honcho until Ctrl-C or SIGTERM, which stops every process.
+the platform's Procfile under honcho until Ctrl-C or SIGTERM, which stops every process: web,
+worker, beat, the scheduler's report follower, the router, a redis-server unless one is
+configured or already running, and - as root, since containers need it - the runtime daemon and
+this host's agent, with this host registered so the scheduler places apps on it.
 """
 
 from __future__ import annotations
@@ -25,9 +27,10 @@ from django.db import connections, transaction
 from honcho.environ import parse_procfile
 from honcho.manager import Manager
 
-from controlplane.env import ConfigError, env_str
-from core.actions import token_create, user_create
+from controlplane.env import ConfigError, env_list, env_str
+from core.actions import host_register, token_create, user_create
 from core.errors import ActionError
+from core.models import Host
 
 REPO_ROOT = Path(__file__).resolve().parents[4]
 DEFAULT_BIND = "127.0.0.1:8000"
@@ -35,6 +38,34 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 # Exit statuses honcho reports after it stopped everything on SIGINT / SIGTERM.
 STOPPED_ON_REQUEST = {130, 143}
+# Procfile processes that run containers: they need root (namespaces, cgroups, mounts).
+NEEDS_ROOT = ("runtime", "agent")
+
+
+def processes_to_run(
+    names: list[str], *, own_redis: bool, is_root: bool, skip: set[str]
+) -> tuple[list[str], list[str]]:
+    """Choose the Procfile processes `up` runs; return (run, left out with the reason)."""
+    run: list[str] = []
+    left_out: list[str] = []
+    for name in names:
+        if name in skip:
+            left_out.append(f"{name} (PAAS_UP_SKIP)")
+        elif name == "redis" and not own_redis:
+            continue  # the configured or already running redis-server is announced instead
+        elif name in NEEDS_ROOT and not is_root:
+            left_out.append(f"{name} (containers need root: run `make up` as root)")
+        else:
+            run.append(name)
+    return run, left_out
+
+
+def this_host() -> tuple[str, str, int, int]:
+    """This host's name, address, memory (MB) and CPUs, as its agent reports them."""
+    name = env_str("PAAS_HOST_NAME", socket.gethostname().split(".")[0].lower())
+    address = env_str("PAAS_HOST_ADDRESS", "127.0.0.1")
+    memory_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1024 * 1024)
+    return name, address, int(memory_mb), os.cpu_count() or 1
 
 
 @dataclass(frozen=True)
@@ -137,13 +168,32 @@ class Command(BaseCommand):
         call_command("migrate", interactive=False, verbosity=0)
         admin = self._first_admin(options["admin"])
 
+        names = list(parse_procfile(procfile.read_text()).processes)
+        skip = set(env_list("PAAS_UP_SKIP", []))
+        run, left_out = processes_to_run(
+            names, own_redis=redis.port is not None, is_root=os.geteuid() == 0, skip=skip
+        )
+        host = self._register_this_host() if "agent" in run else None
+
         self._announce(bind, admin, data_dir, redis)
+        w = self.stdout.write
+        w(f"  Processes:  {', '.join(run)}")
+        for reason in left_out:
+            w(f"  Left out:   {reason}")
+        if host is not None:
+            w(f"  This host:  {host} (apps are placed here)")
+        if "router" in run:
+            router_port = env_str("PAAS_ROUTER_BIND", "0.0.0.0:8080").rpartition(":")[2]
+            w(f"  Apps:       http://<app>.{settings.PAAS_DOMAIN}:{router_port}/")
+        w("")
+        w("  Ctrl-C stops the platform.")
+        w("")
         if options["no_run"]:
             return
         sys.stdout.flush()
         # The processes have their own connections; none of this one's may leak into a fork.
         connections.close_all()
-        code = self._run(procfile, bind, redis, data_dir)
+        code = self._run(procfile, run, bind, redis, data_dir, host)
         if code in STOPPED_ON_REQUEST:
             self.stdout.write("paas: stopped.")
             return
@@ -202,10 +252,28 @@ class Command(BaseCommand):
             w("  Next, in another terminal:")
             w(f"    paas login --server {bind.url}")
         w("")
-        w("  Ctrl-C stops the platform.")
-        w("")
 
-    def _run(self, procfile: Path, bind: Bind, redis: RedisPlan, data_dir: Path) -> int:
+    def _register_this_host(self) -> str:
+        """Register this host for its agent's heartbeats, once; return its name."""
+        name, address, memory_mb, cpus = this_host()
+        if Host.objects.filter(name=name).exists():
+            return name
+        admin = get_user_model().objects.filter(is_staff=True).order_by("pk").first()
+        if admin is None:
+            raise CommandError("no staff user to register this host with: create one first")
+        try:
+            host_register(actor=admin, name=name, address=address, memory_mb=memory_mb, cpus=cpus)
+        except ActionError as exc:
+            raise CommandError(
+                f"cannot register this host as {name!r}: {exc.message} (set PAAS_HOST_NAME or "
+                "PAAS_HOST_ADDRESS)"
+            ) from None
+        return name
+
+    def _run(
+        self, procfile: Path, run: list[str], bind: Bind, redis: RedisPlan, data_dir: Path,
+        host: str | None,
+    ) -> int:
         processes = parse_procfile(procfile.read_text()).processes
         env = dict(os.environ)
         venv_bin = str(Path(sys.executable).parent)
@@ -217,10 +285,10 @@ class Command(BaseCommand):
         if redis.port is not None:
             env["PAAS_REDIS_PORT"] = str(redis.port)
             (data_dir / "redis").mkdir(parents=True, exist_ok=True)
+        if host is not None:
+            env["PAAS_HOST_NAME"] = host
         manager = Manager()
-        for name, command in processes.items():
-            if name == "redis" and redis.port is None:
-                continue
-            manager.add_process(name, command, env=env, cwd=str(REPO_ROOT))
+        for name in run:
+            manager.add_process(name, processes[name], env=env, cwd=str(REPO_ROOT))
         manager.loop()
         return int(manager.returncode or 0)
