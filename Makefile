@@ -5,10 +5,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST := $(VENV)/bin/pytest
 # Debian packages the platform needs on a host, and the extra ones the suite and benchmarks need.
-DEBS_UP := redis-server git iptables gcc libc6-dev python3-venv
+DEBS_UP := redis-server git iptables gcc libc6-dev python3-venv debootstrap
 DEBS_TEST := $(DEBS_UP) postgresql runc crun wrk nginx-light debootstrap busybox-static chromium
 
-.PHONY: up test check lint types bench venv debs-up debs-test clean
+.PHONY: up stack test check lint types bench venv debs-up debs-test clean
 
 $(VENV)/.installed: pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "paas: $(PYTHON) is needed" >&2; exit 1; }
@@ -30,12 +30,16 @@ debs-test:
 up: debs-up venv
 	@PAAS_DATA_DIR="$${PAAS_DATA_DIR:-$(CURDIR)/var}" $(PY) manage.py up
 
+## Build the debian-13 stack that apps build and run on (once per host; a few minutes).
+stack: debs-up venv
+	@PAAS_DATA_DIR="$${PAAS_DATA_DIR:-$(CURDIR)/var}" $(PY) -m runtime.stacks build debian-13
+
 ## The whole suite: SQLite pass over everything, then the PostgreSQL pass over the control plane.
 test: debs-test venv
 	@scripts/with-test-services bash -c '\
 	  $(PYTEST) -q && \
 	  echo "--- PostgreSQL pass ---" && \
-	  DATABASE_URL="$$PAAS_TEST_POSTGRES_URL" $(PYTEST) -q tests/controlplane tests/web \
+	  DATABASE_URL="$$PAAS_TEST_POSTGRES_URL" $(PYTEST) -q tests/controlplane tests/web tests/scheduler \
 	    --ignore-glob="tests/controlplane/test_cli_*"'
 
 ## Lint, types and the fast tests, for iteration.
