@@ -40,6 +40,10 @@ def _secret_key() -> str:
 SECRET_KEY = _secret_key()
 DEBUG = env_bool("PAAS_DEBUG", False)
 PAAS_DOMAIN = env_str("PAAS_DOMAIN", "localhost")
+# How an app's URL is shown to users; `make up` adds the router's port when it is not 80.
+PAAS_APP_URL = env_str("PAAS_APP_URL", "http://{app}.{domain}")
+if "{app}" not in PAAS_APP_URL:
+    raise ConfigError(f"PAAS_APP_URL must contain {{app}}, like https://{{app}}.{{domain}}, not {PAAS_APP_URL!r}")
 ALLOWED_HOSTS = env_list("PAAS_ALLOWED_HOSTS", ["*"])
 
 INSTALLED_APPS = [

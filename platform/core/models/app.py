@@ -36,7 +36,7 @@ class App(models.Model):
 
     @property
     def url(self) -> str:
-        return f"http://{self.name}.{settings.PAAS_DOMAIN}"
+        return str(settings.PAAS_APP_URL).format(app=self.name, domain=settings.PAAS_DOMAIN)
 
     @property
     def default_hostname(self) -> str:

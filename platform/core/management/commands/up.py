@@ -287,6 +287,10 @@ class Command(BaseCommand):
             (data_dir / "redis").mkdir(parents=True, exist_ok=True)
         if host is not None:
             env["PAAS_HOST_NAME"] = host
+        if "router" in run and "PAAS_APP_URL" not in env:
+            port = env_str("PAAS_ROUTER_BIND", "0.0.0.0:8080").rpartition(":")[2]
+            if port != "80":
+                env["PAAS_APP_URL"] = f"http://{{app}}.{{domain}}:{port}"
         manager = Manager()
         for name in run:
             manager.add_process(name, processes[name], env=env, cwd=str(REPO_ROOT))
