@@ -28,6 +28,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 
@@ -122,6 +123,16 @@ class BuildResult:
                 "media_type": self.slug.media_type,
             },
         }
+
+
+def redact_url(url: str) -> str:
+    """The URL with any credentials in it replaced, fit to show in build output."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def default_cache_dir(app: str, data_dir: Path) -> Path:
@@ -362,7 +373,8 @@ class _Build:
         return Buildpack(source=spec, name=name, path=dest)
 
     def _clone(self, url: str, ref: str, dest: Path) -> None:
-        self.out(f"-----> Fetching buildpack {url}{'#' + ref if ref else ''}")
+        shown = redact_url(url)
+        self.out(f"-----> Fetching buildpack {shown}{'#' + ref if ref else ''}")
         protocols = "https:http:git:ssh" + (":file" if self.req.allow_local_buildpacks else "")
         env = {
             "PATH": HOST_PATH,
@@ -383,10 +395,10 @@ class _Build:
                 argv, env=env, capture_output=True, text=True, timeout=self._left(), check=False
             )
         except subprocess.TimeoutExpired:
-            raise BuildTimeout(f"Fetching the buildpack {url} took longer than the build may.") from None
+            raise BuildTimeout(f"Fetching the buildpack {shown} took longer than the build may.") from None
         if proc.returncode != 0:
-            detail = " ".join(proc.stderr.strip().splitlines()[-2:])
-            raise BuildError(f"Cannot fetch the buildpack {url}{'#' + ref if ref else ''}: {detail}")
+            detail = " ".join(proc.stderr.strip().splitlines()[-2:]).replace(url, shown)
+            raise BuildError(f"Cannot fetch the buildpack {shown}{'#' + ref if ref else ''}: {detail}")
         shutil.rmtree(dest / ".git", ignore_errors=True)
 
     def _detect(self, bp: Buildpack) -> str | None:

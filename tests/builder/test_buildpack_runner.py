@@ -439,3 +439,12 @@ def test_it_applies_slugignore_before_the_buildpacks_run(
     assert "-----> Removing what .slugignore lists (1 path)" in output
     assert "design.psd" not in output
     assert not (result.app_dir / "design.psd").exists()
+
+
+def test_it_never_shows_credentials_of_a_buildpack_url() -> None:
+    from builder.buildpack import redact_url
+
+    assert redact_url("https://user:s3cret@git.example.com/bp.git") == "https://***@git.example.com/bp.git"
+    assert redact_url("https://tok@git.example.com:8443/bp.git") == "https://***@git.example.com:8443/bp.git"
+    assert redact_url("https://git.example.com/bp.git") == "https://git.example.com/bp.git"
+    assert redact_url("/srv/buildpacks/python") == "/srv/buildpacks/python"
