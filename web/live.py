@@ -13,8 +13,10 @@ Sources:
 - request metrics: the router's per-minute hashes `paas:metrics:router:<app>:<minute>`
   (router.metrics.metrics_key);
 - container memory and CPU over time: per-minute hashes `paas:metrics:runtime:<app>:<minute>` with
-  fields `memory_bytes` (sum over the app's containers) and `cpu_millis` (CPU time used in the
-  minute, milliseconds); the current figures per container come from the Container row.
+  fields `memory_bytes` (sum over the app's containers) or, as the agents write them,
+  `mem:<container id>` (one container's bytes; summed here), and `cpu_millis` (CPU time used in
+  the minute, milliseconds; runtime.agent.reports); the current figures per container come from
+  the Container row.
 """
 
 from __future__ import annotations
@@ -194,6 +196,13 @@ def latency_quantile(fields: dict[str, str], q: float) -> float | None:
     return float(BUCKETS[-1])
 
 
+def runtime_memory_bytes(fields: dict[str, str]) -> float | None:
+    """A minute's memory over the app's containers: `memory_bytes` plus the agents' per-container
+    `mem:<container id>` fields (each host writes its own containers), or None without either."""
+    parts = [name for name in fields if name == "memory_bytes" or name.startswith("mem:")]
+    return sum(_number(fields, name) for name in parts) if parts else None
+
+
 def app_metrics(app: str, now: Callable[[], float] = time.time,
                 window: int = WINDOW_MINUTES) -> AppMetrics:
     """The last hour of the app's request, latency, memory and CPU figures, one point a minute."""
@@ -226,9 +235,11 @@ def app_metrics(app: str, now: Callable[[], float] = time.time,
     latency = Chart("Latency", "ms", [
         Series("mean", per_minute(router, mean_latency)),
         Series("p95", per_minute(router, lambda r: latency_quantile(r, 0.95)))], first)
-    memory = Chart("Memory", "MB", [
-        Series("memory", per_minute(runtime, lambda r: _number(r, "memory_bytes") / 2**20
-                                    if "memory_bytes" in r else None))], first)
+    def memory_mb(row: dict[str, str]) -> float | None:
+        total = runtime_memory_bytes(row)
+        return total / 2**20 if total is not None else None
+
+    memory = Chart("Memory", "MB", [Series("memory", per_minute(runtime, memory_mb))], first)
     cpu = Chart("CPU", "%", [
         # CPU milliseconds used in a minute / 60 000 ms = share of one core, as a percentage.
         Series("cpu", per_minute(runtime, lambda r: _number(r, "cpu_millis") / 600

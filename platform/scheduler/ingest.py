@@ -8,7 +8,7 @@ So nothing is lost, and a redelivered entry changes nothing: a container's state
 forward (starting < running < ready < exited/failed/oom), never back.
 
 Heartbeats update the host (capacity, reservations, load, last heartbeat; a `down` host that
-beats again is `ready`). Hosts silent for longer than `PAAS_HOST_DOWN_AFTER_S` become `down`.
+beats again is `ready`) and the memory and CPU figures of the host's containers. Hosts silent for longer than `PAAS_HOST_DOWN_AFTER_S` become `down`.
 Containers a host runs that the control plane no longer knows (it was down while they were
 stopped) are stopped. The result names the apps whose containers changed: the caller writes
 their routes and reconciles them.
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -204,9 +205,37 @@ def _apply_heartbeats(beats: Iterable[dict[str, str]]) -> list[tuple[str, str]]:
         host.save()
         listed = data.get("containers")
         reported = {str(c.get("id", "")) for c in listed if isinstance(c, dict)} if isinstance(listed, list) else set()
-        known = set(Container.objects.filter(id__in=reported, host=host).values_list("id", flat=True))
+        rows = list(Container.objects.filter(id__in=reported, host=host))
+        known = {row.id for row in rows}
         stale += [(name, cid) for cid in sorted(reported - known) if OUR_ID.match(cid)]
+        _store_usage(rows, listed if isinstance(listed, list) else [])
     return stale
+
+
+def _store_usage(rows: list[Container], listed: list[Any]) -> None:
+    """Put the heartbeat's memory and CPU figures on the host's Container rows (one UPDATE)."""
+    usage = {str(c.get("id", "")): c for c in listed if isinstance(c, dict)}
+    changed = []
+    for row in rows:
+        entry = usage.get(row.id, {})
+        memory, cpu = _whole(entry.get("memory_bytes")), _share(entry.get("cpu_percent"))
+        if (row.memory_bytes, row.cpu_percent) != (memory, cpu):
+            row.memory_bytes, row.cpu_percent = memory, cpu
+            changed.append(row)
+    if changed:
+        Container.objects.bulk_update(changed, ["memory_bytes", "cpu_percent"])
+
+
+def _whole(raw: object) -> int | None:
+    ok = isinstance(raw, int) and not isinstance(raw, bool) and 0 <= raw < 2**63
+    return raw if ok else None  # type: ignore[return-value]
+
+
+def _share(raw: object) -> float | None:
+    if isinstance(raw, bool) or not isinstance(raw, (int, float)):
+        return None
+    value = float(raw)
+    return value if math.isfinite(value) and value >= 0 else None
 
 
 def _mark_silent_hosts_down(before: datetime, result: IngestResult) -> list[str]:

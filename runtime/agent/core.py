@@ -15,8 +15,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import redis
+
 from runtime.agent.config import AgentSettings
-from runtime.agent.reports import Heartbeat, Reporter, host_capacity
+from runtime.agent.reports import ContainerUsage, Heartbeat, Reporter, host_capacity
 from runtime.client import DaemonClient, DaemonError, DaemonUnavailable
 from runtime.images import ImageError, ImageStore
 from runtime.spec import ID_RE, ContainerSpec, SpecError
@@ -38,6 +40,8 @@ class Agent:
         self.reporter = reporter
         self.daemon = daemon or DaemonClient(settings.daemon_socket)
         self.proc = proc
+        # Per running container: (CPU nanoseconds counted so far, time of that sample).
+        self._cpu_seen: dict[str, tuple[int, float]] = {}
 
     # -- containers -------------------------------------------------------------------------
 
@@ -120,20 +124,39 @@ class Agent:
     # -- reports ----------------------------------------------------------------------------
 
     def heartbeat(self) -> Heartbeat:
-        """Gather the host's capacity and usage and write a heartbeat."""
+        """Gather the host's capacity and usage and write a heartbeat.
+
+        Each running container's entry carries its memory (`memory_bytes`) and, from the second
+        beat on, its CPU use since the last beat (`cpu_percent` of one core); the same figures go
+        to the per-app per-minute runtime metrics. A failed stats call leaves them out.
+        """
         cap = host_capacity(self.proc)
+        now = time.time()
+        usage: list[ContainerUsage] = []
         try:
-            containers = [
-                {"id": c.get("id"), "state": c.get("state"), "ip": c.get("ip")}
-                | {"memory_mb": (c.get("spec") or {}).get("memory_mb", 0)}
-                for c in self.daemon.list()
-            ]
+            listed = self.daemon.list()
             daemon = "up"
         except DaemonError:
-            containers, daemon = [], "unavailable"
+            listed, daemon = [], "unavailable"
+        containers = []
+        for c in listed:
+            spec = c.get("spec") or {}
+            entry = {"id": c.get("id"), "state": c.get("state"), "ip": c.get("ip"),
+                     "memory_mb": spec.get("memory_mb", 0)}
+            if c.get("state") == "running" and isinstance(c.get("id"), str):
+                sample = self._sample(c["id"], str(spec.get("app") or ""), now)
+                if sample is not None:
+                    entry["memory_bytes"] = sample.memory_bytes
+                    if sample.cpu_percent is not None:
+                        entry["cpu_percent"] = sample.cpu_percent
+                    usage.append(sample)
+            containers.append(entry)
+        listed_ids = {c["id"] for c in containers}
+        for gone in [cid for cid in self._cpu_seen if cid not in listed_ids]:
+            del self._cpu_seen[gone]
         beat = Heartbeat(
             host=self.settings.host,
-            time=time.time(),
+            time=now,
             cpus=int(cap["cpus"]),
             memory_mb=int(cap["memory_mb"]),
             memory_available_mb=int(cap["memory_available_mb"]),
@@ -145,7 +168,33 @@ class Agent:
             containers=containers,
         )
         self.reporter.heartbeat(beat, self.settings.heartbeat_s)
+        if usage:
+            try:
+                self.reporter.runtime_metrics(usage, now)
+            except redis.RedisError as e:  # the heartbeat itself went through
+                log.warning("writing the runtime metrics failed: %s", e)
         return beat
+
+    def _sample(self, cid: str, app: str, now: float) -> ContainerUsage | None:
+        """One stats call: memory now, and CPU used since the container's previous sample."""
+        try:
+            stats = self.daemon.stats(cid)
+            memory, cpu_ns = int(stats["memory_bytes"]), int(stats["cpu_ns"])
+        except (DaemonError, OSError, KeyError, TypeError, ValueError) as e:
+            log.debug("no stats for container %s: %s", cid, e)
+            return None
+        if not app:
+            app = cid.split(".", 1)[0]  # the reconciler's ids: <app>.<type>.<n>.<hex>
+        previous = self._cpu_seen.get(cid)
+        cpu_millis, cpu_percent, counted_ns = 0, None, cpu_ns
+        if previous is not None and cpu_ns >= previous[0] and now > previous[1]:
+            cpu_millis = (cpu_ns - previous[0]) // 1_000_000
+            # Carry the part below a millisecond to the next beat, so no CPU time is lost.
+            counted_ns = previous[0] + cpu_millis * 1_000_000
+            cpu_percent = round((cpu_ns - previous[0]) / ((now - previous[1]) * 1e9) * 100, 2)
+        self._cpu_seen[cid] = (counted_ns, now)
+        return ContainerUsage(id=cid, app=app, memory_bytes=memory, cpu_millis=cpu_millis,
+                              cpu_percent=cpu_percent)
 
     def relay_events(self, stop: threading.Event) -> None:
         """Forward the daemon's container events (exits, OOM kills) until `stop` is set."""

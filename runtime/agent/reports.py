@@ -7,6 +7,12 @@
                              fields: host, time, data (JSON, see `Heartbeat`)
     paas:agent:host:<name>   the host's latest heartbeat (JSON), expiring after three missed
                              intervals: the control plane reads liveness from it
+    paas:metrics:runtime:<app>:<minute>
+                             per app and Unix minute, a hash the dashboard charts: `cpu_millis`
+                             (CPU time the app's containers used in the minute, added up by
+                             every host with HINCRBY) and `mem:<container id>` (the container's
+                             last memory reading in the minute, in bytes; the reader sums them);
+                             expires after `RUNTIME_METRICS_TTL_S`
 
 Streams rather than report tasks: the control plane reads them with a consumer group and
 acknowledges what it stored, so nothing is lost while it is down, and several readers (the
@@ -29,6 +35,8 @@ HEARTBEATS_STREAM = "paas:agent:heartbeats"
 HOST_KEY = "paas:agent:host:{host}"
 EVENTS_MAXLEN = 100_000
 HEARTBEATS_MAXLEN = 10_000
+RUNTIME_METRICS_KEY = "paas:metrics:runtime:{app}:{minute}"
+RUNTIME_METRICS_TTL_S = 65 * 60  # the dashboard shows the last hour
 STATES = ("starting", "running", "ready", "exited", "failed", "oom")
 
 
@@ -89,6 +97,17 @@ class Heartbeat:
         return json.dumps(asdict(self), sort_keys=True)
 
 
+@dataclass(frozen=True)
+class ContainerUsage:
+    """One running container's stats sample, as the agent takes it each heartbeat."""
+
+    id: str
+    app: str
+    memory_bytes: int
+    cpu_millis: int  # CPU time used since the previous sample
+    cpu_percent: float | None  # of one core, since the previous sample; None on the first
+
+
 def host_capacity(proc: Path = Path("/proc")) -> dict[str, Any]:
     """Read cpus, memory and load from `proc` (injectable for tests)."""
     meminfo: dict[str, int] = {}
@@ -128,4 +147,18 @@ class Reporter:
             approximate=True,
         )
         pipe.set(HOST_KEY.format(host=beat.host), data, px=max(1000, int(interval_s * 3000)))
+        pipe.execute()
+
+    def runtime_metrics(self, usage: list[ContainerUsage], now: float) -> None:
+        """Add the containers' samples to their apps' hash of the current minute."""
+        minute = int(now // 60)
+        pipe = self.redis.pipeline(transaction=False)
+        for app in sorted({u.app for u in usage}):
+            key = RUNTIME_METRICS_KEY.format(app=app, minute=minute)
+            for u in (u for u in usage if u.app == app):
+                pipe.hset(key, f"mem:{u.id}", u.memory_bytes)
+                if u.cpu_millis:
+                    pipe.hincrby(key, "cpu_millis", u.cpu_millis)
+            pipe.hsetnx(key, "cpu_millis", 0)  # a minute that was sampled shows 0, not "no data"
+            pipe.expire(key, RUNTIME_METRICS_TTL_S)
         pipe.execute()

@@ -22,6 +22,8 @@ class FakeDaemon:
         self.requests: list[dict[str, Any]] = []
         self.containers: dict[str, dict[str, Any]] = {}
         self.listeners: list[queue.Queue[dict[str, Any] | None]] = []
+        # What `stats` answers per container id; a container without an entry gets an error.
+        self.usage: dict[str, dict[str, int]] = {}
         self.lock = threading.Lock()
         fake = self
 
@@ -80,6 +82,11 @@ class FakeDaemon:
                 return self._container(request["id"])
             if op == "list":
                 return list(self.containers.values())
+            if op == "stats":
+                c = self._container(request["id"])
+                if c["state"] != "running" or request["id"] not in self.usage:
+                    raise ValueError(f"container {request['id']} is not running")
+                return dict(self.usage[request["id"]])
             if op == "stop":
                 c = self._container(request["id"])
                 c.update(state="exited", exit_code=0)

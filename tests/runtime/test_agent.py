@@ -33,6 +33,7 @@ from runtime.agent.reports import (
     ContainerEvent,
     Reporter,
 )
+from runtime.client import DaemonClient
 from runtime.images import ImageStore
 from runtime.tinyimage import build_tiny_image
 from tests.runtime.agent_fakes import FakeDaemon
@@ -215,6 +216,87 @@ def test_it_writes_a_heartbeat_with_capacity_and_usage(agent: Agent, rdb: redis.
     hosts = [f[b"host"].decode() for _id, f in rdb.xrange(HEARTBEATS_STREAM)]
     assert agent.settings.host in hosts
     assert beat.memory_reserved_mb == 128
+
+
+def runtime_metrics(rdb: redis.Redis[bytes], app: str, *beats: Any) -> dict[str, int]:
+    """The app's runtime-metric fields, added up over the minutes the beats fell in."""
+    total: dict[str, int] = {}
+    for minute in sorted({int(b.time // 60) for b in beats}):
+        for k, v in rdb.hgetall(f"paas:metrics:runtime:{app}:{minute}").items():
+            total[k.decode()] = total.get(k.decode(), 0) + int(v)
+    return total
+
+
+def test_it_reports_each_running_containers_memory_and_cpu(agent: Agent, daemon: FakeDaemon,
+                                                          rdb: redis.Redis[bytes]) -> None:
+    app = f"a{secrets.token_hex(4)}"
+    ids = [f"{app}.web.1.aaaaaa", f"{app}.web.2.bbbbbb"]
+    for cid in ids:
+        agent.run(spec(id=cid, app=app))
+    daemon.usage[ids[0]] = {"memory_bytes": 50_000_000, "cpu_ns": 7_000_000_000}
+    daemon.usage[ids[1]] = {"memory_bytes": 30_000_000, "cpu_ns": 1_000_000_000}
+    first = agent.heartbeat()
+    assert {c["id"]: c["memory_bytes"] for c in first.containers} == dict(
+        zip(ids, (50_000_000, 30_000_000), strict=True))
+    assert all("cpu_percent" not in c for c in first.containers)  # nothing to compare with yet
+
+    daemon.usage[ids[0]] = {"memory_bytes": 60_000_000, "cpu_ns": 7_250_000_000}
+    daemon.usage[ids[1]] = {"memory_bytes": 30_000_000, "cpu_ns": 1_000_400_000}
+    second = agent.heartbeat()
+    latest = json.loads(rdb.get(HOST_KEY.format(host=agent.settings.host)) or b"{}")
+    by_id = {c["id"]: c for c in latest["containers"]}
+    assert by_id[ids[0]]["memory_bytes"] == 60_000_000
+    assert by_id[ids[0]]["cpu_percent"] > 0 and by_id[ids[1]]["cpu_percent"] > 0
+    assert by_id[ids[0]]["cpu_percent"] > by_id[ids[1]]["cpu_percent"]
+    assert daemon.ops().count("stats") == 4  # one call per running container per beat
+
+    fields = runtime_metrics(rdb, app, first, second)
+    assert fields["cpu_millis"] == 250
+    assert fields[f"mem:{ids[0]}"] in (60_000_000, 110_000_000)  # one minute, or two
+    ttl = rdb.ttl(f"paas:metrics:runtime:{app}:{int(second.time // 60)}")
+    assert 3600 < ttl <= 3900
+
+    # Sub-millisecond CPU is carried over, not lost: 0.4 ms + 0.7 ms makes 1 ms.
+    daemon.usage[ids[1]] = {"memory_bytes": 30_000_000, "cpu_ns": 1_001_100_000}
+    third = agent.heartbeat()
+    assert runtime_metrics(rdb, app, first, second, third)["cpu_millis"] == 251
+
+
+def test_its_hosts_add_up_the_cpu_and_memory_of_one_app(
+    agent: Agent, daemon: FakeDaemon, redis_url: str, runtime_dir: Path, rdb: redis.Redis[bytes]
+) -> None:
+    app = f"a{secrets.token_hex(4)}"
+    other_daemon = FakeDaemon(runtime_dir / "d2.sock")
+    try:
+        other_host = f"h-{secrets.token_hex(4)}"
+        other = Agent(AgentSettings.from_env(
+            {"REDIS_URL": redis_url, "PAAS_RUNTIME_DIR": str(runtime_dir)},
+            host=other_host), Reporter(rdb, other_host), DaemonClient(runtime_dir / "d2.sock"))
+        beats = []
+        for n, (a, d) in enumerate(((agent, daemon), (other, other_daemon)), start=1):
+            cid = f"{app}.web.{n}.abcdef"
+            a.run(spec(id=cid, app=app))
+            d.usage[cid] = {"memory_bytes": n * 1000, "cpu_ns": 0}
+            beats.append(a.heartbeat())
+            d.usage[cid] = {"memory_bytes": n * 1000, "cpu_ns": n * 100_000_000}
+            beats.append(a.heartbeat())
+    finally:
+        other_daemon.close()
+    fields = runtime_metrics(rdb, app, *beats)
+    assert fields["cpu_millis"] == 300
+    assert {k: v for k, v in fields.items() if k.startswith("mem:")}.keys() == {
+        f"mem:{app}.web.1.abcdef", f"mem:{app}.web.2.abcdef"}
+
+
+def test_it_leaves_the_figures_out_when_a_stats_call_fails(agent: Agent, daemon: FakeDaemon,
+                                                           rdb: redis.Redis[bytes]) -> None:
+    app = f"a{secrets.token_hex(4)}"
+    agent.run(spec(id=f"{app}.web.1.cccccc", app=app))  # the fake answers stats with an error
+    beat = agent.heartbeat()
+    assert [set(c) for c in beat.containers] == [{"id", "state", "ip", "memory_mb"}]
+    assert beat.memory_reserved_mb == 128
+    assert runtime_metrics(rdb, app, beat) == {}
+    assert json.loads(rdb.get(HOST_KEY.format(host=agent.settings.host)) or b"{}")["daemon"] == "up"
 
 
 def test_it_says_in_its_heartbeat_when_the_daemon_is_down(

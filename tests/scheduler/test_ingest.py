@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 import redis
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from controlplane.celery import app as celery_app
@@ -114,6 +116,37 @@ def test_it_stores_heartbeats_on_the_host(hosts, r) -> None:
     host.refresh_from_db()
     assert (host.memory_mb, host.cpus, host.memory_mb_used) == (16000, 8, 1024)
     assert host.last_heartbeat_at is not None and host.state == HostState.READY
+
+
+def test_it_stores_each_containers_memory_and_cpu_from_its_hosts_heartbeat(placed, r) -> None:
+    by_host: dict[int, list[Container]] = {}
+    for c in placed:
+        by_host.setdefault(c.host.pk, []).append(c)
+    for cs in by_host.values():
+        figures = [{"id": c.id, "state": "running", "memory_mb": 64,
+                    "memory_bytes": 10_000_000 * c.number, "cpu_percent": 12.5 * c.number}
+                   for c in cs]
+        Reporter(r, cs[0].host.name).heartbeat(Heartbeat(
+            host=cs[0].host.name, time=time.time(), cpus=8, memory_mb=16000,
+            memory_available_mb=12000, load1=0.5, memory_reserved_mb=128, daemon="up",
+            containers=figures), interval_s=10)
+    with CaptureQueriesContext(connection) as queries:
+        ingest(r, consumer())
+    updates = [q["sql"] for q in queries.captured_queries
+               if q["sql"].startswith('UPDATE "core_container"')]
+    assert len(updates) == len(by_host)  # one bulk update per host, not one per container
+    for c in placed:
+        c.refresh_from_db()
+        assert (c.memory_bytes, c.cpu_percent) == (10_000_000 * c.number, 12.5 * c.number)
+
+
+def test_it_clears_the_figures_of_a_container_reported_without_them(placed, r) -> None:
+    web1 = placed[0]
+    Container.objects.filter(pk=web1.pk).update(memory_bytes=5, cpu_percent=1.0)
+    beat(r, web1.host, ids=[web1.id])  # listed, but no stats (stopped, or the stats call failed)
+    ingest(r, consumer())
+    web1.refresh_from_db()
+    assert (web1.memory_bytes, web1.cpu_percent) == (None, None)
 
 
 def test_it_marks_a_silent_host_down_and_names_its_apps(placed, r) -> None:

@@ -15,6 +15,8 @@ from django.test import Client
 
 from core import actions
 from router.metrics import Recorder, logs_key
+from runtime.agent.reports import ContainerUsage, Heartbeat, Reporter
+from scheduler.ingest import ingest
 from web import charts, live
 
 from .conftest import Acme, login
@@ -201,3 +203,37 @@ def test_it_starts_from_the_newest_lines_when_the_cursor_is_not_one(r: redis.Red
     r.xadd(logs_key(app_name), {"tag": "router", "line": "only line"})
     tail = live.app_log_tail(app_name, after="garbage")
     assert tail.available and [line.line for line in tail.lines] == ["only line"]
+
+
+def test_it_shows_a_containers_memory_and_cpu_once_its_hosts_heartbeat_was_ingested(
+    client: Client, deployed: Acme
+) -> None:
+    web1, web2 = deployed.app.containers.order_by("number")
+    c = login(client, deployed.viewer)
+    assert c.get("/apps/shop/").content.decode().count("no data yet") == 4  # 2 containers x 2
+    assert web1.host is not None
+    rb = redis.Redis.from_url(settings.REDIS_URL)
+    Reporter(rb, web1.host.name).heartbeat(Heartbeat(
+        host=web1.host.name, time=time.time(), cpus=4, memory_mb=8192, memory_available_mb=4096,
+        load1=0.2, memory_reserved_mb=1024, daemon="up",
+        containers=[{"id": web1.id, "state": "running", "memory_mb": 512,
+                     "memory_bytes": 300 * 2**20, "cpu_percent": 42.5},
+                    {"id": web2.id, "state": "running", "memory_mb": 512}],  # its stats failed
+    ), interval_s=10)
+    ingest(rb, f"web-test-{uuid.uuid4().hex[:8]}")
+    page = c.get("/apps/shop/").content.decode()
+    assert ">300.0 MB<" in page and ">42.5%<" in page
+    assert page.count("no data yet") == 2  # web.2 reported no figures
+
+
+def test_it_adds_up_the_memory_every_host_reported_for_a_minute(r: redis.Redis,
+                                                                 app_name: str) -> None:
+    now = time.time()
+    for host, cid, mem in (("h1", f"{app_name}.web.1.aaaaaa", 100 * 2**20),
+                           ("h2", f"{app_name}.web.2.bbbbbb", 28 * 2**20)):
+        Reporter(redis.Redis.from_url(settings.REDIS_URL), host).runtime_metrics(
+            [ContainerUsage(id=cid, app=app_name, memory_bytes=mem, cpu_millis=6_000,
+                            cpu_percent=10.0)], now)
+    metrics = live.app_metrics(app_name, now=lambda: now)
+    assert metrics.memory.latest() == 128
+    assert metrics.cpu.latest() == 20  # 12 s of CPU in the minute

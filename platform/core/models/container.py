@@ -33,6 +33,9 @@ class Container(models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
+    # The host's last heartbeat: resident memory and CPU (% of one core) while it runs.
+    memory_bytes = models.BigIntegerField(null=True, blank=True)
+    cpu_percent = models.FloatField(null=True, blank=True)
 
     class Meta:
         ordering = ["app_id", "type", "number"]
