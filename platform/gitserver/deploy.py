@@ -15,6 +15,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from django.conf import settings
+
 from builder.buildpack import BuildRequest, build, default_cache_dir
 from builder.errors import BuildError
 from builder.executor import Executor, HostExecutor, OnLine
@@ -24,6 +26,7 @@ from controlplane.env import data_dir, env_int, env_str
 from core.actions import build_create, build_finish
 from core.errors import ActionError
 from core.models import App
+from gitserver.buildlog import BuildLogStream
 from runtime.client import runtime_root
 from runtime.images import ImageError, ImageStore
 
@@ -110,12 +113,14 @@ def run_build(*, app: App, user: object, commit: str, repo: Path,
     """
     cancelled = cancelled or threading.Event()
     lines: list[str] = []
+    record = build_create(actor=user, app=app, commit=commit)  # type: ignore[arg-type]
+    live = BuildLogStream(record.pk, str(settings.REDIS_URL))
 
     def out(line: str) -> None:
         lines.append(line)
+        live.add(line)
         say(line)
 
-    record = build_create(actor=user, app=app, commit=commit)  # type: ignore[arg-type]
     started = time.monotonic()
     # Under the data dir, not /tmp: a build's copies (virtualenvs, node_modules) can be big.
     (data_dir() / "builds").mkdir(parents=True, exist_ok=True)
@@ -171,6 +176,7 @@ def run_build(*, app: App, user: object, commit: str, repo: Path,
         _fail(user, record, lines)
         return Outcome(False, "build failed")
     finally:
+        live.close()
         shutil.rmtree(scratch, ignore_errors=True)
 
 
