@@ -8,8 +8,8 @@ and is reported with `LiveUnavailable` only where the page says so.
 Sources:
 - app logs: the capped stream `paas:logs:<app>` (fields `time`, `tag`, `line`), written by the
   router and the agents (router.metrics.logs_key);
-- build logs: the stream `paas:build-logs:<build id>` (same fields) while a build runs, then the
-  Build row's `log` once it has finished;
+- build logs: the stream `paas:build-logs:<build id>` (same fields; gitserver.buildlog writes it)
+  while a build runs, then the Build row's `log` once it has finished;
 - request metrics: the router's per-minute hashes `paas:metrics:router:<app>:<minute>`
   (router.metrics.metrics_key);
 - container memory and CPU over time: per-minute hashes `paas:metrics:runtime:<app>:<minute>` with
@@ -32,14 +32,11 @@ from typing import Any
 import redis
 from django.conf import settings
 
+from gitserver.buildlog import build_logs_key
 from router.metrics import BUCKET_FIELDS, BUCKETS, logs_key, metrics_key
 
 WINDOW_MINUTES = 60
 LOG_TAIL_LINES = 200
-
-
-def build_logs_key(build_id: int) -> str:
-    return f"paas:build-logs:{build_id}"
 
 
 def runtime_metrics_key(app: str) -> str:
