@@ -28,6 +28,8 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.liveprocs import stop_groups, wait_until_answers
+
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 PAAS = str(BIN / "paas")
@@ -116,25 +118,10 @@ def server() -> Iterator[Server]:
              "--workers", "1", "--threads", "4"],
             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
-        deadline = time.monotonic() + 60
-        while True:
-            assert web.poll() is None, (work / "gunicorn.log").read_text()
-            try:
-                httpx.get(srv.url + "/api/v1/account", timeout=2)
-                break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline, (work / "gunicorn.log").read_text()
-                time.sleep(0.2)
+        wait_until_answers(web, srv.url + "/api/v1/account", work / "gunicorn.log")
         yield srv
     finally:
-        for proc in (web, redis):
-            if proc is not None and proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
+        stop_groups(web, redis)
         log.close()
         shutil.rmtree(work, ignore_errors=True)
 

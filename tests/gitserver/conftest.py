@@ -6,19 +6,18 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
 import pytest
+
+from tests.liveprocs import stop_groups, wait_until_answers
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -92,27 +91,12 @@ def server() -> Iterator[Server]:
              "--workers", "1", "--worker-class", "gthread", "--threads", "6", "--timeout", "120"],
             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
-        deadline = time.monotonic() + 60
-        while True:
-            assert web.poll() is None, log_path.read_text()
-            try:
-                httpx.get(srv.url + "/api/v1/account", timeout=2)
-                break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline, log_path.read_text()
-                time.sleep(0.2)
+        wait_until_answers(web, srv.url + "/api/v1/account", log_path)
         yield srv
         # Whatever the pushes did (hang-ups included), nothing crashed in the web process.
         assert "Traceback" not in log_path.read_text(), log_path.read_text()
     finally:
-        for proc in (web, redis):
-            if proc is not None and proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
+        stop_groups(web, redis)
         log.close()
         shutil.rmtree(work, ignore_errors=True)
 
