@@ -289,3 +289,13 @@ def test_it_refuses_nul_characters_with_a_message(client: Client, acme: Acme, me
     response = getattr(login(client, acme.owner), method)(url, data)
     assert response.status_code == 400
     assert b"Input may not contain NUL characters." in response.content
+
+
+@pytest.mark.parametrize(("path", "title"), [("/apps/shop/", "shop · paas"),
+                                             ("/teams/acme/", "acme · paas")])
+def test_it_titles_pages_with_plain_text_even_for_those_who_may_destroy(
+    client: Client, acme: Acme, path: str, title: str
+) -> None:
+    page = login(client, acme.owner).get(path).content.decode()
+    found = re.search(r"<title>(.*?)</title>", page, re.S)
+    assert found is not None and found.group(1).strip() == title
