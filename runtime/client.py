@@ -77,12 +77,13 @@ def default_socket_path() -> Path:
     return runtime_root() / "daemon.sock"
 
 
-def runtime_root() -> Path:
+def runtime_root(env: Mapping[str, str] | None = None) -> Path:
     """Return the runtime's root directory: `$PAAS_RUNTIME_DIR` or `$PAAS_DATA_DIR/runtime`."""
-    explicit = os.environ.get("PAAS_RUNTIME_DIR")
+    env = os.environ if env is None else env
+    explicit = env.get("PAAS_RUNTIME_DIR")
     if explicit:
         return Path(explicit)
-    return Path(os.environ.get("PAAS_DATA_DIR", "/var/lib/paas")) / "runtime"
+    return Path(env.get("PAAS_DATA_DIR") or "/var/lib/paas") / "runtime"
 
 
 class DaemonClient:

@@ -8,6 +8,11 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
+
+from runtime.client import runtime_root
+
+N = TypeVar("N", int, float)
 
 _HOST_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{0,62}$")
 
@@ -21,27 +26,17 @@ def queue_name(host: str) -> str:
     return f"host.{host}"
 
 
-def _env_float(env: Mapping[str, str], name: str, default: float, lo: float, hi: float) -> float:
+def _env_number(env: Mapping[str, str], name: str, default: N, lo: N, hi: N) -> N:
+    """Read a number of the default's type (int or float) within [lo, hi]."""
     raw = env.get(name)
     if raw is None or raw == "":
         return default
+    kind = type(default)
     try:
-        value = float(raw)
+        value = kind(raw)
     except ValueError:
-        raise ConfigError(f"{name} must be a number, not {raw!r}") from None
-    if not lo <= value <= hi:
-        raise ConfigError(f"{name} must be between {lo} and {hi}, not {raw}")
-    return value
-
-
-def _env_int(env: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> int:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be an integer, not {raw!r}") from None
+        what = "an integer" if kind is int else "a number"
+        raise ConfigError(f"{name} must be {what}, not {raw!r}") from None
     if not lo <= value <= hi:
         raise ConfigError(f"{name} must be between {lo} and {hi}, not {raw}")
     return value
@@ -77,16 +72,14 @@ class AgentSettings:
             raise ConfigError(
                 f"host name {name!r} is not valid: lower-case letters, digits, '.' and '-', up to 63"
             )
-        root = Path(env["PAAS_RUNTIME_DIR"]) if env.get("PAAS_RUNTIME_DIR") else None
-        if root is None:
-            root = Path(env.get("PAAS_DATA_DIR") or "/var/lib/paas") / "runtime"
+        root = runtime_root(env)
         return cls(
             redis_url=redis_url,
             host=name,
             runtime_root=root,
             daemon_socket=root / "daemon.sock",
-            heartbeat_s=_env_float(env, "PAAS_AGENT_HEARTBEAT_S", 3.0, 0.1, 3600.0),
-            concurrency=_env_int(env, "PAAS_AGENT_CONCURRENCY", 4, 1, 64),
+            heartbeat_s=_env_number(env, "PAAS_AGENT_HEARTBEAT_S", 3.0, 0.1, 3600.0),
+            concurrency=_env_number(env, "PAAS_AGENT_CONCURRENCY", 4, 1, 64),
         )
 
 

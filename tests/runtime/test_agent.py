@@ -342,7 +342,24 @@ def test_its_settings_refuse_a_missing_redis_url_and_a_bad_host_name() -> None:
     with pytest.raises(ConfigError, match="PAAS_AGENT_HEARTBEAT_S must be a number"):
         AgentSettings.from_env({"REDIS_URL": "redis://x:1/0", "PAAS_AGENT_HEARTBEAT_S": "often"},
                                host="h1")
+    with pytest.raises(ConfigError, match="PAAS_AGENT_CONCURRENCY must be an integer"):
+        AgentSettings.from_env({"REDIS_URL": "redis://x:1/0", "PAAS_AGENT_CONCURRENCY": "2.5"},
+                               host="h1")
+    with pytest.raises(ConfigError, match="PAAS_AGENT_CONCURRENCY must be between 1 and 64"):
+        AgentSettings.from_env({"REDIS_URL": "redis://x:1/0", "PAAS_AGENT_CONCURRENCY": "0"},
+                               host="h1")
     assert queue_name("h1") == "host.h1"
+
+
+def test_its_settings_find_the_runtime_where_the_daemon_does(tmp_path) -> None:
+    from runtime.client import runtime_root
+
+    env = {"REDIS_URL": "redis://x:1/0", "PAAS_DATA_DIR": str(tmp_path)}
+    settings = AgentSettings.from_env(env, host="h1")
+    assert settings.runtime_root == runtime_root(env) == tmp_path / "runtime"
+    assert settings.daemon_socket == tmp_path / "runtime" / "daemon.sock"
+    env["PAAS_RUNTIME_DIR"] = str(tmp_path / "elsewhere")
+    assert AgentSettings.from_env(env, host="h1").runtime_root == tmp_path / "elsewhere"
 
 
 def test_its_command_says_what_is_missing_without_a_traceback() -> None:
