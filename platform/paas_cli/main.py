@@ -490,7 +490,7 @@ def releases(app: str | None, as_json: bool) -> None:
     output.print_table(
         items,
         [("name", "RELEASE"), ("description", "DESCRIPTION"), ("created_by", "BY"),
-         ("created_at", "CREATED"), ("status", "STATUS")],
+         ("created_at", "CREATED"), ("status", "STATUS"), ("status_reason", "REASON")],
         empty=f"{name} has no releases.",
         formatters={"created_at": output.when},
     )
@@ -518,7 +518,13 @@ def releases_info(version: str, app: str | None, as_json: bool) -> None:
         ("By", output.text(release.get("created_by"))),
         ("Created", output.when(release.get("created_at"))),
         ("Status", output.text(release.get("status"))),
+        ("Reason", output.text(release.get("status_reason"))),
     ])
+    log = output.text(release.get("status_log"))
+    if log:
+        output.say("Last output:")
+        for line in log.splitlines():
+            output.say(f"  {line}")
 
 
 @cli.command("rollback")

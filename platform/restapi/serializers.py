@@ -101,7 +101,8 @@ class ReleaseSerializer(serializers.ModelSerializer[Release]):
     class Meta:
         model = Release
         fields = ["version", "name", "description", "build", "commit", "config_keys",
-                  "created_by", "created_at", "status"]
+                  "created_by", "created_at", "status", "status_reason", "status_log"]
+        read_only_fields = fields
 
     def get_commit(self, release: Release) -> str | None:
         return release.build.commit if release.build is not None else None

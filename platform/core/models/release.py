@@ -13,7 +13,13 @@ from core import crypto
 class ReleaseStatus(models.TextChoices):
     PENDING = "pending", "waiting to be rolled out"
     DEPLOYED = "deployed", "rolled out (or nothing to run)"
+    RELEASING = "releasing", "its release phase is running"
     FAILED = "failed", "its containers never got ready"
+    SUPERSEDED = "superseded", "a newer release replaced it before its roll-out converged"
+
+
+# The only fields a saved release may change: how its roll-out went.
+MUTABLE_RELEASE_FIELDS = frozenset({"status", "status_reason", "status_log"})
 
 
 class ImmutableReleaseError(RuntimeError):
@@ -32,7 +38,13 @@ class Release(models.Model):
     config_keys = models.JSONField(default=list, help_text="The snapshot's keys, sorted (not secret).")
     description = models.CharField(max_length=200)
     status = models.CharField(
-        max_length=10, choices=ReleaseStatus.choices, default=ReleaseStatus.PENDING
+        max_length=16, choices=ReleaseStatus.choices, default=ReleaseStatus.PENDING
+    )
+    status_reason = models.TextField(
+        blank=True, help_text="Why the release is failed or still pending, in one line."
+    )
+    status_log = models.TextField(
+        blank=True, help_text="The last output lines of one container that failed it."
     )
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+"
@@ -68,9 +80,11 @@ class Release(models.Model):
         self.config_keys = sorted(config)
 
     def save(self, *args: Any, **kwargs: Any) -> None:
-        # Only the roll-out status may change once a release exists.
-        if self.pk is not None and set(kwargs.get("update_fields") or ()) != {"status"}:
+        # Only the roll-out status (and why) may change once a release exists.
+        changed = set(kwargs.get("update_fields") or ())
+        if self.pk is not None and (not changed or not changed <= MUTABLE_RELEASE_FIELDS):
             raise ImmutableReleaseError(
-                "releases are immutable: save(update_fields=['status']) is the only change allowed"
+                "releases are immutable: save(update_fields=[...]) may change only "
+                + ", ".join(sorted(MUTABLE_RELEASE_FIELDS))
             )
         super().save(*args, **kwargs)
