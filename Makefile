@@ -50,7 +50,7 @@ lint: venv
 	$(VENV)/bin/ruff check .
 
 types: venv
-	$(VENV)/bin/mypy runtime router builder platform/controlplane platform/paas_cli platform/core platform/restapi platform/gitserver platform/scheduler web
+	$(VENV)/bin/mypy runtime router builder platform/controlplane platform/paas_cli platform/core platform/restapi platform/gitserver platform/registry platform/scheduler web
 
 bench: debs-test venv
 	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

@@ -30,11 +30,14 @@ import shutil
 import stat
 import tarfile
 import tempfile
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
+
+import httpx
 
 MEDIA_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 MEDIA_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -211,6 +214,37 @@ class ImageStore:
                 os.unlink(tmp)
         return digest, size
 
+    def put_blob_chunks(
+        self, chunks: Iterable[bytes], expected: str, size: int | None = None
+    ) -> tuple[str, int]:
+        """Store the blob `expected` from `chunks`, verifying digest and size as they come.
+
+        A mismatch (or more bytes than `size`) raises CorruptImage and leaves nothing behind:
+        the bytes go to a temporary file, renamed into place only once verified.
+        """
+        self.blob_path(expected)  # validates the digest
+        h = hashlib.sha256()
+        got = 0
+        fd, tmp = tempfile.mkstemp(dir=self.tmp, prefix="pull-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                for chunk in chunks:
+                    got += len(chunk)
+                    if size is not None and got > size:
+                        raise CorruptImage(f"blob {expected} is longer than its {size} bytes")
+                    h.update(chunk)
+                    f.write(chunk)
+            digest = "sha256:" + h.hexdigest()
+            if size is not None and got != size:
+                raise CorruptImage(f"blob {expected} ended after {got} of its {size} bytes")
+            if digest != expected:
+                raise CorruptImage(f"blob content has digest {digest}, expected {expected}")
+            os.replace(tmp, self.blob_path(digest))
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        return expected, got
+
     def put_blob_file(self, path: Path) -> tuple[str, int]:
         with path.open("rb") as f:
             return self.put_blob_stream(f)
@@ -359,6 +393,10 @@ class ImageStore:
 
     def layer_dir(self, digest: str) -> Path:
         return self.layers_dir / self.blob_path(digest).name
+
+    def unpack(self, digest: str) -> Path:
+        """Unpack the layer blob `digest` (once); return its directory."""
+        return self._ensure_unpacked(digest)
 
     def _ensure_unpacked(self, digest: str) -> Path:
         target = self.layer_dir(digest)
@@ -774,6 +812,139 @@ def _unpack_member(
     if not member.issym():
         os.chmod(leaf, mode, dir_fd=pfd)
     os.utime(leaf, (member.mtime, member.mtime), dir_fd=pfd, follow_symlinks=False)
+
+
+# -- pulls from the controller ---------------------------------------------------------------
+
+
+class PullError(ImageError):
+    """Fetching an image from the controller failed (unreachable, refused, unknown, corrupt)."""
+
+
+MAX_MANIFEST_BYTES = 4 << 20
+_PULL_LOCKS: dict[str, threading.Lock] = {}
+_PULL_LOCKS_GUARD = threading.Lock()
+
+
+@contextlib.contextmanager
+def _pull_lock(store: ImageStore, digest: str) -> Iterator[None]:
+    """Hold the pull of blob `digest`: one thread of this process, and one process, at a time."""
+    with _PULL_LOCKS_GUARD:
+        lock = _PULL_LOCKS.setdefault(f"{store.root}/{digest}", threading.Lock())
+    with lock:
+        locks = store.root / "locks"
+        locks.mkdir(exist_ok=True)
+        fd = os.open(locks / f"pull-{digest[7:]}", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+
+class ImagePuller:
+    """Fetch images by digest from the controller's registry endpoints (`/v2/...`) into a store.
+
+    Every blob is verified against its digest while it streams into a temporary file, and only
+    then renamed into place; the manifest is stored last, after its config and layers are in
+    and unpacked, so an image is never half there. Pulls of the same blob, by threads of this
+    process or by other processes on the store, coalesce: the second waits, then finds it.
+    """
+
+    def __init__(self, store: ImageStore, base_url: str, token: str = "",
+                 timeout_s: float = 60.0, transport: httpx.BaseTransport | None = None) -> None:
+        if not base_url.startswith(("http://", "https://")):
+            raise PullError(f"the controller URL {base_url!r} must start with http:// or https://")
+        self.store = store
+        self.base_url = base_url.rstrip("/")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.client = httpx.Client(headers=headers, timeout=timeout_s, transport=transport)
+
+    def close(self) -> None:
+        self.client.close()
+
+    def __enter__(self) -> ImagePuller:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _url(self, repository: str, kind: str, ref: str) -> str:
+        return f"{self.base_url}/v2/{repository}/{kind}/{ref}"
+
+    def _refused(self, resp: httpx.Response, what: str) -> PullError:
+        try:
+            errors = resp.json().get("errors") or [{}]
+            detail = str(errors[0].get("message") or "")
+        except (ValueError, AttributeError, IndexError):
+            detail = ""
+        reason = {401: "refused the host token", 403: "refused the host token",
+                  404: "does not have it"}.get(resp.status_code, f"answered {resp.status_code}")
+        return PullError(f"pulling {what}: the controller {reason}" + (f" ({detail})" if detail else ""))
+
+    def pull(self, repository: str, digest: str) -> str:
+        """Make the image `digest` of `repository` (the app) present in the store; return it."""
+        if not _DIGEST_RE.match(digest):
+            raise InvalidReference(f"invalid digest {digest!r}: expected sha256:<64 hex>")
+        if not _NAME_RE.match(repository) or "/" in repository:
+            raise InvalidReference(f"invalid repository name {repository!r}")
+        if self.store.has_blob(digest):
+            return digest
+        what = f"image {digest[:19]} of {repository}"
+        try:
+            resp = self.client.get(self._url(repository, "manifests", digest), headers={
+                "Accept": ", ".join(sorted(MANIFEST_MEDIA_TYPES))})
+            if resp.status_code != 200:
+                raise self._refused(resp, what)
+            data = resp.content
+            if len(data) > MAX_MANIFEST_BYTES:
+                raise PullError(f"pulling {what}: the manifest is larger than {MAX_MANIFEST_BYTES} bytes")
+            got = "sha256:" + hashlib.sha256(data).hexdigest()
+            if got != digest:
+                raise CorruptImage(f"pulling {what}: the manifest has digest {got}, expected {digest}")
+            try:
+                manifest = json.loads(data)
+            except ValueError as e:
+                raise CorruptImage(f"pulling {what}: the manifest is not JSON: {e}") from None
+            config, layers = self._descriptors(manifest, what)
+            for desc in [config, *layers]:
+                self._fetch_blob(repository, desc)
+            for layer in layers:
+                self.store.unpack(str(layer["digest"]))
+        except httpx.HTTPError as e:
+            raise PullError(f"pulling {what}: cannot reach the controller at {self.base_url}: {e}") from None
+        self.store.put_blob_bytes(data)
+        self.store.tag(digest, f"{repository}:{digest[7:19]}", size=len(data))
+        return digest
+
+    @staticmethod
+    def _descriptors(manifest: Any, what: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        if not isinstance(manifest, dict) or manifest.get("mediaType", MEDIA_MANIFEST) not in MANIFEST_MEDIA_TYPES:
+            raise CorruptImage(f"pulling {what}: the manifest is not an image manifest")
+        config, layers = manifest.get("config"), manifest.get("layers")
+        if not isinstance(config, dict) or not isinstance(layers, list):
+            raise CorruptImage(f"pulling {what}: the manifest lacks its config or layers")
+        for desc in [config, *layers]:
+            if not isinstance(desc, dict) or not _DIGEST_RE.match(str(desc.get("digest", ""))):
+                raise CorruptImage(f"pulling {what}: the manifest holds an invalid descriptor {desc!r}")
+            size = desc.get("size")
+            if not isinstance(size, int) or size < 0:
+                raise CorruptImage(f"pulling {what}: descriptor {desc.get('digest')} has no valid size")
+        for layer in layers:
+            if layer.get("mediaType") not in LAYER_MEDIA_TYPES:
+                raise CorruptImage(f"pulling {what}: unsupported layer media type {layer.get('mediaType')!r}")
+        return config, layers
+
+    def _fetch_blob(self, repository: str, desc: dict[str, Any]) -> None:
+        digest, size = str(desc["digest"]), int(desc["size"])
+        with _pull_lock(self.store, digest):
+            if self.store.has_blob(digest):
+                return
+            with self.client.stream("GET", self._url(repository, "blobs", digest)) as resp:
+                if resp.status_code != 200:
+                    resp.read()
+                    raise self._refused(resp, f"blob {digest[:19]} of {repository}")
+                self.store.put_blob_chunks(resp.iter_bytes(_CHUNK), expected=digest, size=size)
 
 
 # -- command line ----------------------------------------------------------------------------

@@ -14,6 +14,7 @@ handler500 = errors.handler500
 urlpatterns: list[URLPattern | URLResolver] = [
     path("api/v1/", include("restapi.urls")),
     path("git/", include("gitserver.urls")),
+    path("v2/", include("registry.urls")),  # image pulls (OCI distribution, read-only)
     # Anything else under /api/ answers a JSON 404, never an HTML page.
     re_path(r"^api/", ApiNotFoundView.as_view()),
 ]

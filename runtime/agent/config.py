@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import socket
@@ -52,6 +53,15 @@ class AgentSettings:
     daemon_socket: Path
     heartbeat_s: float = 10.0
     concurrency: int = 4
+    # Where images this host lacks come from (the controller's web process), and the host
+    # token it authenticates with; empty: images must already be in the host's store.
+    controller_url: str = ""
+    host_token: str = ""
+    # This host's address that other hosts reach it on, its bridge and its container subnet:
+    # with an address set, the agent announces its subnet and routes to every other host's.
+    host_address: str = ""
+    bridge: str = "paas0"
+    subnet: str = "10.88.0.0/24"
 
     @property
     def queue(self) -> str:
@@ -73,6 +83,22 @@ class AgentSettings:
                 f"host name {name!r} is not valid: lower-case letters, digits, '.' and '-', up to 63"
             )
         root = runtime_root(env)
+        controller_url = env.get("PAAS_CONTROLLER_URL", "").rstrip("/")
+        if controller_url and not controller_url.startswith(("http://", "https://")):
+            raise ConfigError(
+                f"PAAS_CONTROLLER_URL must be the controller's http(s):// URL, not {controller_url!r}"
+            )
+        address = env.get("PAAS_HOST_ADDRESS", "")
+        if address:
+            try:
+                ipaddress.IPv4Address(address)
+            except ValueError:
+                raise ConfigError(f"PAAS_HOST_ADDRESS must be an IPv4 address, not {address!r}") from None
+        subnet = env.get("PAAS_HOST_SUBNET") or "10.88.0.0/24"
+        try:
+            ipaddress.IPv4Network(subnet)
+        except ValueError:
+            raise ConfigError(f"PAAS_HOST_SUBNET must be an IPv4 subnet (a.b.c.0/24), not {subnet!r}") from None
         return cls(
             redis_url=redis_url,
             host=name,
@@ -80,6 +106,11 @@ class AgentSettings:
             daemon_socket=root / "daemon.sock",
             heartbeat_s=_env_number(env, "PAAS_AGENT_HEARTBEAT_S", 3.0, 0.1, 3600.0),
             concurrency=_env_number(env, "PAAS_AGENT_CONCURRENCY", 4, 1, 64),
+            controller_url=controller_url,
+            host_token=env.get("PAAS_HOST_TOKEN", ""),
+            host_address=address,
+            bridge=env.get("PAAS_BRIDGE") or "paas0",
+            subnet=subnet,
         )
 
 

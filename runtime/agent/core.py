@@ -17,10 +17,13 @@ from typing import Any
 
 import redis
 
+from runtime import hostroutes
 from runtime.agent.config import AgentSettings
 from runtime.agent.reports import ContainerUsage, Heartbeat, Reporter, host_capacity
 from runtime.client import DaemonClient, DaemonError, DaemonUnavailable
-from runtime.images import ImageError, ImageStore
+from runtime.hostroutes import RouteError, RouteTable
+from runtime.images import Image, ImageError, ImageNotFound, ImagePuller, ImageStore
+from runtime.network import HostNetwork, NetworkError
 from runtime.spec import ID_RE, ContainerSpec, SpecError
 
 log = logging.getLogger("paas.agent")
@@ -42,6 +45,9 @@ class Agent:
         self.proc = proc
         # Per running container: (CPU nanoseconds counted so far, time of that sample).
         self._cpu_seen: dict[str, tuple[int, float]] = {}
+        self._puller: ImagePuller | None = None
+        self._puller_guard = threading.Lock()
+        self._routes: RouteTable | None = None
 
     # -- containers -------------------------------------------------------------------------
 
@@ -60,7 +66,7 @@ class Agent:
             return {"ok": False, "id": cid, "error": f"invalid container spec: {e}"}
         about = {"app": spec.app, "release": spec.release, "process_type": spec.process_type}
         try:
-            image = ImageStore(self.settings.image_root).resolve(spec.image)
+            image = self._image(spec.app, spec.image)
         except ImageError as e:
             self.reporter.event(spec.id, "failed", message=str(e), **about)
             return {"ok": False, "id": spec.id, "error": str(e)}
@@ -82,6 +88,23 @@ class Agent:
         address = f"{ip}:{spec.port}" if ip and spec.port else ""
         self.reporter.event(spec.id, "running", address=address, **about)
         return {"ok": True, "id": spec.id, "address": address, "image": image.digest}
+
+    def _image(self, app: str, ref: str) -> Image:
+        """Resolve `ref` in the host's store, pulling it by digest from the controller if missing."""
+        store = ImageStore(self.settings.image_root)
+        try:
+            return store.resolve(ref)
+        except ImageNotFound:
+            if not (self.settings.controller_url and ref.startswith("sha256:")):
+                raise
+        with self._puller_guard:
+            if self._puller is None:
+                self._puller = ImagePuller(store, self.settings.controller_url,
+                                           self.settings.host_token)
+            puller = self._puller
+        log.info("pulling image %s of %s from %s", ref, app, self.settings.controller_url)
+        puller.pull(app, ref)
+        return store.resolve(ref)
 
     def stop(self, container_id: str, timeout_s: float = 10.0, remove: bool = True) -> dict[str, Any]:
         """Stop a container (SIGTERM, then SIGKILL after `timeout_s`) and remove it."""
@@ -168,12 +191,26 @@ class Agent:
             containers=containers,
         )
         self.reporter.heartbeat(beat, self.settings.heartbeat_s)
+        if self.settings.host_address:
+            try:
+                self.sync_routes()
+            except (redis.RedisError, NetworkError, RouteError, OSError) as e:
+                log.warning("syncing the routes to other hosts failed: %s", e)
         if usage:
             try:
                 self.reporter.runtime_metrics(usage, now)
             except redis.RedisError as e:  # the heartbeat itself went through
                 log.warning("writing the runtime metrics failed: %s", e)
         return beat
+
+    def sync_routes(self) -> tuple[dict[str, str], list[str]]:
+        """Announce this host's subnet and route to every other live host's (`runtime.hostroutes`)."""
+        s = self.settings
+        if self._routes is None:
+            self._routes = HostNetwork(s.bridge, s.subnet, s.runtime_root / "network")
+        r = self.reporter.redis
+        hostroutes.announce(r, s.host, s.host_address, s.subnet, ttl_s=s.heartbeat_s * 3)
+        return hostroutes.sync(r, self._routes, s.host, s.subnet)
 
     def _sample(self, cid: str, app: str, now: float) -> ContainerUsage | None:
         """One stats call: memory now, and CPU used since the container's previous sample."""
