@@ -23,6 +23,7 @@ from celery.signals import worker_ready, worker_shutdown
 
 from runtime.agent.config import AgentSettings
 from runtime.agent.core import Agent, every
+from runtime.agent.logship import log_shipper
 from runtime.agent.reports import Reporter
 
 READY_POLL_S = 0.5
@@ -112,6 +113,9 @@ def run_worker(settings: AgentSettings, loglevel: str = "INFO") -> None:
         ).start()
         threading.Thread(
             target=agent.relay_events, args=(stop,), name="events", daemon=True
+        ).start()
+        threading.Thread(
+            target=log_shipper(settings).run, args=(stop,), name="logs", daemon=True
         ).start()
 
     def stop_threads(**_kwargs: Any) -> None:
