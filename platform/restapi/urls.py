@@ -9,6 +9,7 @@ from django.urls import URLPattern, URLResolver, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from restapi import views as v
+from restapi.logs import AppLogsView
 
 _NAME = r"[^/]+"
 
@@ -40,6 +41,7 @@ urlpatterns: list[URLPattern | URLResolver] = [
     _route("apps/{app}/domains", v.DomainListView.as_view(), "api-domains"),
     _route("apps/{app}/domains/{hostname}", v.DomainView.as_view(), "api-domain"),
     _route("apps/{app}/events", v.AppEventsView.as_view(), "api-app-events"),
+    _route("apps/{app}/logs", AppLogsView.as_view(), "api-app-logs"),
     _route("hosts", v.HostListView.as_view(), "api-hosts"),
     _route("hosts/{name}/drain", v.HostDrainView.as_view(), "api-host-drain"),
     _route("schema", SpectacularAPIView.as_view(authentication_classes=[], permission_classes=[]), "api-schema"),
