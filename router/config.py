@@ -41,6 +41,17 @@ def env_int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -
     return value
 
 
+def env_bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = _get(env, name)
+    if raw is None:
+        return default
+    if raw.lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be 1 or 0 (true or false), not {raw!r}")
+
+
 def env_seconds(env: Mapping[str, str], name: str, default: float) -> float:
     raw = _get(env, name)
     if raw is None:
@@ -92,6 +103,7 @@ class RouterConfig:
     flush_interval: float = 1.0
     log_stream_maxlen: int = 10_000
     via: str = "1.1 paas-router"
+    fast_path: bool = True
 
     @property
     def certs_dir(self) -> Path:
@@ -122,4 +134,5 @@ class RouterConfig:
             max_headers=env_int(env, "PAAS_ROUTER_MAX_HEADERS", 100, minimum=4),
             flush_interval=env_seconds(env, "PAAS_ROUTER_FLUSH_INTERVAL", 1.0),
             log_stream_maxlen=env_int(env, "PAAS_ROUTER_LOG_MAXLEN", 10_000, minimum=100),
+            fast_path=env_bool(env, "PAAS_ROUTER_FAST_PATH", True),
         )

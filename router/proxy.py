@@ -21,6 +21,8 @@ import httptools
 from router.balancer import Balancer
 from router.config import RouterConfig
 from router.errors import ERRORS, error_response
+from router.fastpath import FastPath, RequestParts, ResponseParts
+from router.fastpath import load as load_fast_path
 from router.headers import (
     CHUNKED,
     LENGTH,
@@ -69,6 +71,9 @@ class Worker:
         self.clients: set[ClientConnection] = set()
         self.draining = False
         self.via = config.via.encode("ascii")
+        # The compiled fast path takes the plain requests and responses whole; None keeps every
+        # message on the general path (httptools and router/headers.py).
+        self.fast: FastPath | None = load_fast_path() if config.fast_path else None
 
     def protocol_factory(self, proto: str, port: int) -> Callable[[], ClientConnection]:
         proto_b, port_b = proto.encode("ascii"), str(port).encode("ascii")
@@ -140,16 +145,17 @@ class Exchange:
         "tried",
     )
 
-    def __init__(self, method: bytes, target: bytes, info: RequestInfo, http11: bool, keep_alive: bool) -> None:
+    def __init__(self, method: bytes, target: bytes, info: RequestInfo, http11: bool, keep_alive: bool,
+                 request_id: str | None = None, start_wall: float | None = None) -> None:
         self.method = method
         self.target = target
         self.info = info
         self.http11 = http11
         self.keep_alive = keep_alive
         self.head_request = method == b"HEAD"
-        self.request_id = info.request_id or new_request_id()
+        self.request_id = request_id or info.request_id or new_request_id()
         self.start = time.monotonic()
-        self.start_wall = time.time()
+        self.start_wall = start_wall or time.time()
         self.head = b""
         self.app: str | None = None
         self.body: list[bytes] = []
@@ -169,6 +175,11 @@ class Exchange:
         self.error_code = ""
         self.last_activity = 0.0
         self.recorded = False
+
+
+# How responses the fast path took are framed: a Content-Length body, passed through.
+FAST_KEEP_ALIVE = ResponsePlan(b"", LENGTH, LENGTH, True)
+FAST_CLOSE = ResponsePlan(b"", LENGTH, LENGTH, False)
 
 
 # An access-log line travels to the flush as a tuple of plain values: formatting waits until
@@ -217,6 +228,9 @@ class ClientConnection(asyncio.Protocol):
         self.loop = asyncio.get_event_loop()
         self.max_header_bytes = worker.config.max_header_bytes
         self.max_headers = worker.config.max_headers
+        self.in_message = False  # httptools is inside a message: the fast path must wait
+        self.fast = worker.fast
+        self.fast_ctx: tuple[object, ...] = ()
 
     # --- connection events -------------------------------------------------------------------
 
@@ -225,6 +239,9 @@ class ClientConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         if peer:
             self.client_ip = str(peer[0])
+        config = self.config
+        self.fast_ctx = (self.client_ip.encode("ascii"), self.proto, self.port, self.worker.via,
+                         config.max_url_bytes, config.max_header_bytes, config.max_headers, new_request_id)
         self.worker.clients.add(self)
         self._arm(self.config.idle_timeout, self._idle_expired)
 
@@ -252,6 +269,11 @@ class ClientConnection(asyncio.Protocol):
         self.pending.clear()
 
     def data_received(self, data: bytes) -> None:
+        if self.current is None and self.fast is not None and not self.in_message and not self.closing:
+            parts = self.fast.request(data, self.fast_ctx)
+            if parts is not None and not self.worker.draining:
+                self._fast_request(parts)
+                return
         if self.tunnel is not None:
             self.tunnel.send(data)
             if self.current is not None:
@@ -291,6 +313,7 @@ class ClientConnection(asyncio.Protocol):
     # --- parser callbacks --------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        self.in_message = True
         self.url = b""
         self.headers = []
         self.header_bytes = 0
@@ -367,6 +390,7 @@ class ClientConnection(asyncio.Protocol):
                 self._pause(PAUSE_BUFFER)
 
     def on_message_complete(self) -> None:
+        self.in_message = False
         ex = self.parsing
         if ex is None:
             return
@@ -375,6 +399,18 @@ class ClientConnection(asyncio.Protocol):
         backend = ex.backend
         if backend is not None and ex is self.current and ex.info.chunked:
             backend.send(b"0\r\n\r\n")
+
+    def _fast_request(self, parts: RequestParts) -> None:
+        """Take a whole request the fast path parsed: its head for the app is built already."""
+        method, target, host, request_id, keep_alive, http11, head, length, start_wall = parts
+        ex = Exchange(method, target, RequestInfo(host=host, content_length=length), http11, keep_alive,
+                      request_id, start_wall)
+        ex.head = head  # with the body after it
+        ex.bytes_in = length
+        ex.body_done = True
+        self.current = ex
+        self._disarm()
+        self._dispatch(ex)
 
     # --- routing and app connections ---------------------------------------------------------
 
@@ -511,6 +547,48 @@ class ClientConnection(asyncio.Protocol):
             pass  # the parser ends the message by itself (1xx, 204, 304)
         else:
             self._arm(self.config.idle_timeout, self._stream_idle)
+
+    def fast_response(self, conn: BackendConnection, parts: ResponseParts) -> None:
+        """Relay a response head (and its body so far) that the fast path parsed and rebuilt."""
+        ex = self.current
+        if ex is None or ex.backend is not conn or self.transport is None:
+            return
+        status, data, body_bytes, remaining, app_keep_alive = parts
+        self._disarm()
+        ex.plan = FAST_KEEP_ALIVE if ex.keep_alive and ex.body_done and not self.closing and not self.worker.draining \
+            else FAST_CLOSE
+        ex.status = status
+        ex.bytes_out = body_bytes
+        self.transport.write(data)
+        if remaining:
+            conn.remaining = remaining
+            conn.app_keep_alive = app_keep_alive
+            ex.last_activity = self.loop.time()
+            self._arm(self.config.idle_timeout, self._stream_idle)
+        else:
+            self._finish(ex, reusable=app_keep_alive and ex.body_done)
+
+    def fast_body(self, conn: BackendConnection, data: bytes) -> None:
+        """Relay more of a Content-Length body whose response head took the fast path."""
+        ex = self.current
+        if ex is None or ex.backend is not conn or self.transport is None:
+            conn.remaining = 0
+            conn.close()
+            return
+        size = len(data)
+        remaining = conn.remaining
+        if size < remaining:
+            conn.remaining = remaining - size
+            ex.bytes_out += size
+            ex.last_activity = self.loop.time()
+            self.transport.write(data)
+            return
+        conn.remaining = 0
+        if size > remaining:  # bytes after the announced body: the app connection is unusable
+            data = data[:remaining]
+        ex.bytes_out += remaining
+        self.transport.write(data)
+        self._finish(ex, reusable=conn.app_keep_alive and size == remaining and ex.body_done)
 
     def response_body(self, body: bytes) -> None:
         ex = self.current
@@ -817,6 +895,10 @@ class BackendConnection(asyncio.Protocol):
         self.interim = False
         self.upgraded = False
         self.reading_paused = False
+        self.in_message = False  # httptools is inside a response: the fast path must wait
+        self.remaining = 0  # body bytes still to come of a response the fast path took
+        self.app_keep_alive = False
+        self.fast = worker.fast
 
     def attach(self, client: ClientConnection, ex: Exchange) -> None:
         self.client = client
@@ -826,6 +908,9 @@ class BackendConnection(asyncio.Protocol):
     def detach(self) -> None:
         self.client = None
         self.exchange = None
+        if self.remaining:  # detached mid-body: the rest of the body would be read as a response
+            self.remaining = 0
+            self.close()
         if self.reading_paused and self.transport is not None and not self.closed:
             self.reading_paused = False
             self.transport.resume_reading()
@@ -884,6 +969,17 @@ class BackendConnection(asyncio.Protocol):
                 if client.current is not None:
                     client.current.last_activity = client.loop.time()
             return
+        if self.remaining:
+            client.fast_body(self, data)
+            return
+        ex = self.exchange
+        fast = self.fast
+        if fast is not None and not self.in_message and ex is not None and not ex.head_request:
+            parts = fast.response(data, client.worker.via, ex.keep_alive and ex.body_done and not client.closing
+                                  and not client.worker.draining)
+            if parts is not None:
+                client.fast_response(self, parts)
+                return
         client.batch = []
         try:
             self.parser.feed_data(data)
@@ -918,6 +1014,7 @@ class BackendConnection(asyncio.Protocol):
     # parser callbacks
 
     def on_message_begin(self) -> None:
+        self.in_message = True
         self.headers = []
         self.reason = b""
 
@@ -936,6 +1033,7 @@ class BackendConnection(asyncio.Protocol):
             self.client.response_body(body)
 
     def on_message_complete(self) -> None:
+        self.in_message = False
         if self.client is not None:
             self.client.response_complete(self, self.parser.should_keep_alive())
 

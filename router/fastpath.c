@@ -1,0 +1,503 @@
+/*
+ * The router's compiled fast path: parse a whole, plain HTTP/1.x message from one read and
+ * build the head the other side receives, in one call instead of one Python callback per
+ * header.
+ *
+ * It takes only what it fully understands: a request or response that is complete in the bytes
+ * given, with no body or a Content-Length body, strictly well-formed (CRLF line ends, token
+ * header names, no obs-fold, no control characters), and no header whose handling needs the
+ * general code (Transfer-Encoding, Upgrade, Proxy-Connection, Connection naming other fields,
+ * repeated Host or Content-Length). For anything else it returns None and the caller feeds the
+ * same bytes to the general path (httptools and router/headers.py), which also produces every
+ * error answer. The heads built here must equal router/headers.py's byte for byte; a test
+ * compares them.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <string.h>
+#include <time.h>
+
+#define MAX_FIELDS 256
+
+enum kind {
+    K_PASS,     /* forwarded as it is */
+    K_DROP,     /* hop-by-hop or set by the router */
+    K_HOST,
+    K_LENGTH,
+    K_CONNECTION,
+    K_REQUEST_ID,
+    K_FORWARDED_FOR,
+    K_VIA,
+    K_GENERAL,  /* the general path must handle this message */
+};
+
+struct field {
+    const char *name;
+    Py_ssize_t name_len;
+    const char *value;
+    Py_ssize_t value_len;
+    int kind;
+};
+
+/* RFC 9110 section 5.6.2: tchar */
+static unsigned char tchar[256];
+/* field-value characters: VCHAR, obs-text, SP, HTAB */
+static unsigned char vchar[256];
+
+static void init_tables(void)
+{
+    const char *extra = "!#$%&'*+-.^_`|~";
+    for (int c = '0'; c <= '9'; c++) tchar[c] = 1;
+    for (int c = 'a'; c <= 'z'; c++) tchar[c] = 1;
+    for (int c = 'A'; c <= 'Z'; c++) tchar[c] = 1;
+    for (const char *e = extra; *e; e++) tchar[(unsigned char)*e] = 1;
+    for (int c = 0x20; c < 0x7f; c++) vchar[c] = 1;
+    for (int c = 0x80; c < 0x100; c++) vchar[c] = 1;
+    vchar['\t'] = 1;
+}
+
+static int name_is(const char *name, Py_ssize_t len, const char *lower)
+{
+    Py_ssize_t n = (Py_ssize_t)strlen(lower);
+    if (len != n) return 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        char c = name[i];
+        if (c >= 'A' && c <= 'Z') c = (char)(c + 32);
+        if (c != lower[i]) return 0;
+    }
+    return 1;
+}
+
+static int request_kind(const char *n, Py_ssize_t len)
+{
+    switch (len) {
+    case 2: return name_is(n, len, "te") ? K_DROP : K_PASS;
+    case 3: return name_is(n, len, "via") ? K_VIA : K_PASS;
+    case 4: return name_is(n, len, "host") ? K_HOST : K_PASS;
+    case 7:
+        if (name_is(n, len, "trailer")) return K_DROP;
+        return name_is(n, len, "upgrade") ? K_GENERAL : K_PASS;
+    case 10:
+        if (name_is(n, len, "connection")) return K_CONNECTION;
+        return name_is(n, len, "keep-alive") ? K_DROP : K_PASS;
+    case 12: return name_is(n, len, "x-request-id") ? K_REQUEST_ID : K_PASS;
+    case 14: return name_is(n, len, "content-length") ? K_LENGTH : K_PASS;
+    case 15:
+        if (name_is(n, len, "x-forwarded-for")) return K_FORWARDED_FOR;
+        return name_is(n, len, "x-request-start") ? K_DROP : K_PASS;
+    case 16:
+        if (name_is(n, len, "x-forwarded-port")) return K_DROP;
+        return name_is(n, len, "proxy-connection") ? K_GENERAL : K_PASS;
+    case 17:
+        if (name_is(n, len, "x-forwarded-proto")) return K_DROP;
+        return name_is(n, len, "transfer-encoding") ? K_GENERAL : K_PASS;
+    case 18: return name_is(n, len, "proxy-authenticate") ? K_DROP : K_PASS;
+    case 19: return name_is(n, len, "proxy-authorization") ? K_DROP : K_PASS;
+    default: return K_PASS;
+    }
+}
+
+static int response_kind(const char *n, Py_ssize_t len)
+{
+    switch (len) {
+    case 2: return name_is(n, len, "te") ? K_DROP : K_PASS;
+    case 3: return name_is(n, len, "via") ? K_VIA : K_PASS;
+    case 7:
+        if (name_is(n, len, "trailer")) return K_DROP;
+        return name_is(n, len, "upgrade") ? K_GENERAL : K_PASS;
+    case 10:
+        if (name_is(n, len, "connection")) return K_CONNECTION;
+        return name_is(n, len, "keep-alive") ? K_DROP : K_PASS;
+    case 14: return name_is(n, len, "content-length") ? K_LENGTH : K_PASS;
+    case 16: return name_is(n, len, "proxy-connection") ? K_GENERAL : K_PASS;
+    case 17: return name_is(n, len, "transfer-encoding") ? K_GENERAL : K_PASS;
+    case 18: return name_is(n, len, "proxy-authenticate") ? K_DROP : K_PASS;
+    case 19: return name_is(n, len, "proxy-authorization") ? K_DROP : K_PASS;
+    default: return K_PASS;
+    }
+}
+
+/* Connection tokens: set *close / *keep_alive; return -1 for any other token (upgrade, or a
+ * field named hop-by-hop), which the general path handles. */
+static int connection_tokens(const char *v, Py_ssize_t len, int *close, int *keep_alive)
+{
+    Py_ssize_t i = 0;
+    while (i < len) {
+        while (i < len && (v[i] == ' ' || v[i] == '\t' || v[i] == ',')) i++;
+        Py_ssize_t start = i;
+        while (i < len && v[i] != ',') i++;
+        Py_ssize_t stop = i;
+        while (stop > start && (v[stop - 1] == ' ' || v[stop - 1] == '\t')) stop--;
+        if (stop == start) continue;
+        if (name_is(v + start, stop - start, "close")) *close = 1;
+        else if (name_is(v + start, stop - start, "keep-alive")) *keep_alive = 1;
+        else return -1;
+    }
+    return 0;
+}
+
+/* Parse header lines from p up to and including the empty line. Returns the position after
+ * the head, or NULL when the head is incomplete, malformed or over the limits. */
+static const char *parse_fields(const char *p, const char *end, struct field *fields, int *count,
+                                Py_ssize_t max_fields, Py_ssize_t max_bytes, int response)
+{
+    Py_ssize_t total = 0;
+    int n = 0;
+    for (;;) {
+        if (end - p < 2) return NULL;
+        if (p[0] == '\r') {
+            if (p[1] != '\n') return NULL;
+            *count = n;
+            return p + 2;
+        }
+        const char *name = p;
+        while (p < end && tchar[(unsigned char)*p]) p++;
+        if (p == end || *p != ':' || p == name) return NULL;
+        Py_ssize_t name_len = p - name;
+        p++;
+        while (p < end && (*p == ' ' || *p == '\t')) p++;
+        const char *value = p;
+        while (p < end && vchar[(unsigned char)*p]) p++;
+        if (end - p < 2 || p[0] != '\r' || p[1] != '\n') return NULL;
+        Py_ssize_t value_len = p - value;
+        if (value_len && (value[value_len - 1] == ' ' || value[value_len - 1] == '\t')) return NULL;
+        p += 2;
+        if (n >= max_fields || n >= MAX_FIELDS) return NULL;
+        total += name_len + value_len + 4;
+        if (total > max_bytes) return NULL;
+        fields[n].name = name;
+        fields[n].name_len = name_len;
+        fields[n].value = value;
+        fields[n].value_len = value_len;
+        fields[n].kind = response ? response_kind(name, name_len) : request_kind(name, name_len);
+        n++;
+    }
+}
+
+static int parse_length(const char *v, Py_ssize_t len, long long *out)
+{
+    if (len == 0 || len > 15) return -1;
+    long long value = 0;
+    for (Py_ssize_t i = 0; i < len; i++) {
+        if (v[i] < '0' || v[i] > '9') return -1;
+        value = value * 10 + (v[i] - '0');
+    }
+    *out = value;
+    return 0;
+}
+
+static int request_id_ok(const char *v, Py_ssize_t len)
+{
+    if (len < 8 || len > 200) return 0;
+    for (Py_ssize_t i = 0; i < len; i++) {
+        char c = v[i];
+        if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '+' ||
+              c == '/' || c == '=' || c == '.' || c == '_' || c == '-'))
+            return 0;
+    }
+    return 1;
+}
+
+static const char *METHODS[] = {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", NULL};
+
+static char *put(char *out, const char *s, Py_ssize_t len)
+{
+    memcpy(out, s, (size_t)len);
+    return out + len;
+}
+
+#define PUTS(out, lit) put((out), (lit), (Py_ssize_t)(sizeof(lit) - 1))
+
+/* Joined values of repeated fields (X-Forwarded-For, Via) with the router's own added last. */
+static Py_ssize_t joined_len(struct field *fields, int count, int kind, Py_ssize_t own)
+{
+    Py_ssize_t len = 0;
+    for (int i = 0; i < count; i++)
+        if (fields[i].kind == kind) len += fields[i].value_len + 2;
+    return len + own;
+}
+
+static char *put_joined(char *out, struct field *fields, int count, int kind, const char *own, Py_ssize_t own_len)
+{
+    for (int i = 0; i < count; i++) {
+        if (fields[i].kind == kind) {
+            out = put(out, fields[i].value, fields[i].value_len);
+            out = PUTS(out, ", ");
+        }
+    }
+    return put(out, own, own_len);
+}
+
+/* request(data, ctx) -> None, or (method, target, host, request_id, keep_alive, http11, out,
+ *                                 body_length, start_wall)
+ * ctx: (client_ip, proto, port, via, max_url_bytes, max_header_bytes, max_headers, new_request_id)
+ * `out` is the head the app receives followed by the body. */
+static PyObject *fast_request(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || !PyBytes_Check(args[0]) || !PyTuple_Check(args[1]) || PyTuple_GET_SIZE(args[1]) != 8) {
+        PyErr_SetString(PyExc_TypeError, "request(data: bytes, ctx: tuple of 8)");
+        return NULL;
+    }
+    PyObject *ctx = args[1];
+    PyObject *ip = PyTuple_GET_ITEM(ctx, 0), *proto = PyTuple_GET_ITEM(ctx, 1);
+    PyObject *port = PyTuple_GET_ITEM(ctx, 2), *via = PyTuple_GET_ITEM(ctx, 3);
+    if (!PyBytes_Check(ip) || !PyBytes_Check(proto) || !PyBytes_Check(port) || !PyBytes_Check(via)) {
+        PyErr_SetString(PyExc_TypeError, "request: ctx holds bytes first");
+        return NULL;
+    }
+    Py_ssize_t max_url = PyLong_AsSsize_t(PyTuple_GET_ITEM(ctx, 4));
+    Py_ssize_t max_bytes = PyLong_AsSsize_t(PyTuple_GET_ITEM(ctx, 5));
+    Py_ssize_t max_fields = PyLong_AsSsize_t(PyTuple_GET_ITEM(ctx, 6));
+    if (PyErr_Occurred()) return NULL;
+
+    const char *data = PyBytes_AS_STRING(args[0]);
+    const char *end = data + PyBytes_GET_SIZE(args[0]);
+    const char *p = data;
+
+    while (p < end && *p >= 'A' && *p <= 'Z') p++;
+    if (p == end || *p != ' ') Py_RETURN_NONE;
+    Py_ssize_t method_len = p - data;
+    int known = 0;
+    for (const char **m = METHODS; *m; m++)
+        if ((Py_ssize_t)strlen(*m) == method_len && memcmp(*m, data, (size_t)method_len) == 0) known = 1;
+    if (!known) Py_RETURN_NONE;
+    const char *target = ++p;
+    while (p < end && *p > 0x20 && *p < 0x7f) p++;
+    if (p == end || *p != ' ') Py_RETURN_NONE;
+    Py_ssize_t target_len = p - target;
+    if (target_len == 0 || target_len > max_url) Py_RETURN_NONE;
+    if (target[0] != '/' && !(target_len == 1 && target[0] == '*')) Py_RETURN_NONE;
+    p++;
+    if (end - p < 10 || memcmp(p, "HTTP/1.", 7) != 0 || (p[7] != '0' && p[7] != '1') || p[8] != '\r' || p[9] != '\n')
+        Py_RETURN_NONE;
+    int http11 = p[7] == '1';
+    p += 10;
+
+    struct field fields[MAX_FIELDS];
+    int count = 0;
+    const char *body = parse_fields(p, end, fields, &count, max_fields, max_bytes, 0);
+    if (body == NULL) Py_RETURN_NONE;
+
+    int hosts = 0, lengths = 0, close = 0, keep_alive = 0;
+    long long length = 0;
+    struct field *host = NULL, *request_id = NULL;
+    for (int i = 0; i < count; i++) {
+        struct field *f = &fields[i];
+        switch (f->kind) {
+        case K_GENERAL: Py_RETURN_NONE;
+        case K_HOST: hosts++; host = f; break;
+        case K_LENGTH:
+            if (lengths++ || parse_length(f->value, f->value_len, &length) < 0) Py_RETURN_NONE;
+            break;
+        case K_CONNECTION:
+            if (connection_tokens(f->value, f->value_len, &close, &keep_alive) < 0) Py_RETURN_NONE;
+            break;
+        case K_REQUEST_ID:
+            if (request_id_ok(f->value, f->value_len)) request_id = f;
+            break;
+        default: break;
+        }
+    }
+    if (hosts != 1 || end - body != length) Py_RETURN_NONE;
+
+    PyObject *id = NULL;
+    const char *id_s;
+    Py_ssize_t id_len;
+    if (request_id != NULL) {
+        id = PyUnicode_DecodeASCII(request_id->value, request_id->value_len, NULL);
+    } else {
+        id = PyObject_CallNoArgs(PyTuple_GET_ITEM(ctx, 7));
+        if (id != NULL && !PyUnicode_Check(id)) {
+            Py_DECREF(id);
+            PyErr_SetString(PyExc_TypeError, "new_request_id must return str");
+            return NULL;
+        }
+    }
+    if (id == NULL) return NULL;
+    id_s = PyUnicode_AsUTF8AndSize(id, &id_len);
+    if (id_s == NULL) { Py_DECREF(id); return NULL; }
+
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    double wall = (double)now.tv_sec + (double)now.tv_nsec / 1e9;
+    char start_ms[32];
+    int start_len = snprintf(start_ms, sizeof start_ms, "%lld", (long long)(wall * 1000.0));
+
+    Py_ssize_t ip_len = PyBytes_GET_SIZE(ip), via_len = PyBytes_GET_SIZE(via);
+    Py_ssize_t size = method_len + 1 + target_len + 11;
+    for (int i = 0; i < count; i++) {
+        int k = fields[i].kind;
+        if (k == K_PASS || k == K_HOST || k == K_LENGTH) size += fields[i].name_len + fields[i].value_len + 4;
+    }
+    size += 17 + joined_len(fields, count, K_FORWARDED_FOR, ip_len) + 2;
+    size += 19 + PyBytes_GET_SIZE(proto) + 2;
+    size += 18 + PyBytes_GET_SIZE(port) + 2;
+    size += 14 + id_len + 2;
+    size += 17 + start_len + 2;
+    size += 5 + joined_len(fields, count, K_VIA, via_len) + 2;
+    size += 2 + length;
+
+    PyObject *out = PyBytes_FromStringAndSize(NULL, size);
+    if (out == NULL) { Py_DECREF(id); return NULL; }
+    char *o = PyBytes_AS_STRING(out);
+    o = put(o, data, method_len);
+    *o++ = ' ';
+    o = put(o, target, target_len);
+    o = PUTS(o, " HTTP/1.1\r\n");
+    for (int i = 0; i < count; i++) {
+        struct field *f = &fields[i];
+        if (f->kind == K_PASS || f->kind == K_HOST || f->kind == K_LENGTH) {
+            o = put(o, f->name, f->name_len);
+            o = PUTS(o, ": ");
+            o = put(o, f->value, f->value_len);
+            o = PUTS(o, "\r\n");
+        }
+    }
+    o = PUTS(o, "X-Forwarded-For: ");
+    o = put_joined(o, fields, count, K_FORWARDED_FOR, PyBytes_AS_STRING(ip), ip_len);
+    o = PUTS(o, "\r\nX-Forwarded-Proto: ");
+    o = put(o, PyBytes_AS_STRING(proto), PyBytes_GET_SIZE(proto));
+    o = PUTS(o, "\r\nX-Forwarded-Port: ");
+    o = put(o, PyBytes_AS_STRING(port), PyBytes_GET_SIZE(port));
+    o = PUTS(o, "\r\nX-Request-Id: ");
+    o = put(o, id_s, id_len);
+    o = PUTS(o, "\r\nX-Request-Start: ");
+    o = put(o, start_ms, start_len);
+    o = PUTS(o, "\r\nVia: ");
+    o = put_joined(o, fields, count, K_VIA, PyBytes_AS_STRING(via), via_len);
+    o = PUTS(o, "\r\n\r\n");
+    o = put(o, body, (Py_ssize_t)length);
+    if (o != PyBytes_AS_STRING(out) + size) {
+        Py_DECREF(out);
+        Py_DECREF(id);
+        PyErr_SetString(PyExc_SystemError, "fastpath: request head size mismatch");
+        return NULL;
+    }
+    int http11_keep = http11 ? !close : keep_alive;
+    PyObject *host_s = PyUnicode_DecodeLatin1(host->value, host->value_len, NULL);
+    if (host_s == NULL) { Py_DECREF(out); Py_DECREF(id); return NULL; }
+    return Py_BuildValue("(y#y#NNOONLd)", data, method_len, target, target_len, host_s, id,
+                         http11_keep ? Py_True : Py_False, http11 ? Py_True : Py_False, out, length, wall);
+}
+
+/* response(data, via, client_keep_alive) -> None, or (status, out, body_in_out, remaining,
+ *                                                   app_keep_alive)
+ * `out` is the head the client receives followed by the part of the body in `data`. */
+static PyObject *fast_response(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3 || !PyBytes_Check(args[0]) || !PyBytes_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "response(data: bytes, via: bytes, client_keep_alive: bool)");
+        return NULL;
+    }
+    int client_keep_alive = PyObject_IsTrue(args[2]);
+    if (client_keep_alive < 0) return NULL;
+    const char *data = PyBytes_AS_STRING(args[0]);
+    const char *end = data + PyBytes_GET_SIZE(args[0]);
+    const char *p = data;
+    if (end - p < 14 || memcmp(p, "HTTP/1.1 ", 9) != 0) Py_RETURN_NONE;
+    p += 9;
+    int status = 0;
+    const char *digits = p;
+    for (int i = 0; i < 3; i++) {
+        if (p[i] < '0' || p[i] > '9') Py_RETURN_NONE;
+        status = status * 10 + (p[i] - '0');
+    }
+    p += 3;
+    const char *reason = p;
+    Py_ssize_t reason_len = 0;
+    if (*p == ' ') {
+        reason = ++p;
+        while (p < end && vchar[(unsigned char)*p]) p++;
+        reason_len = p - reason;
+        if (reason_len && (reason[reason_len - 1] == ' ' || reason[reason_len - 1] == '\t')) Py_RETURN_NONE;
+    }
+    if (end - p < 2 || p[0] != '\r' || p[1] != '\n') Py_RETURN_NONE;
+    p += 2;
+    if (status < 200 || status == 204 || status == 304) Py_RETURN_NONE;
+
+    struct field fields[MAX_FIELDS];
+    int count = 0;
+    const char *body = parse_fields(p, end, fields, &count, MAX_FIELDS, 1 << 20, 1);
+    if (body == NULL) Py_RETURN_NONE;
+    int lengths = 0, close = 0, keep_alive = 0;
+    long long length = 0;
+    struct field *length_field = NULL;
+    for (int i = 0; i < count; i++) {
+        struct field *f = &fields[i];
+        switch (f->kind) {
+        case K_GENERAL: Py_RETURN_NONE;
+        case K_LENGTH:
+            if (lengths++ || parse_length(f->value, f->value_len, &length) < 0) Py_RETURN_NONE;
+            length_field = f;
+            break;
+        case K_CONNECTION:
+            if (connection_tokens(f->value, f->value_len, &close, &keep_alive) < 0) Py_RETURN_NONE;
+            break;
+        default: break;
+        }
+    }
+    Py_ssize_t rest = end - body;
+    if (length_field == NULL || rest > length) Py_RETURN_NONE;
+
+    const char *via = PyBytes_AS_STRING(args[1]);
+    Py_ssize_t via_len = PyBytes_GET_SIZE(args[1]);
+    Py_ssize_t size = 13 + (reason_len ? reason_len : 1) + 2;
+    for (int i = 0; i < count; i++)
+        if (fields[i].kind == K_PASS) size += fields[i].name_len + fields[i].value_len + 4;
+    size += 5 + joined_len(fields, count, K_VIA, via_len) + 2;
+    size += length_field->name_len + 2 + length_field->value_len + 2;
+    size += client_keep_alive ? 26 : 21;
+    size += rest;
+
+    PyObject *out = PyBytes_FromStringAndSize(NULL, size);
+    if (out == NULL) return NULL;
+    char *o = PyBytes_AS_STRING(out);
+    o = PUTS(o, "HTTP/1.1 ");
+    o = put(o, digits, 3);
+    *o++ = ' ';
+    o = reason_len ? put(o, reason, reason_len) : PUTS(o, "-");
+    o = PUTS(o, "\r\n");
+    for (int i = 0; i < count; i++) {
+        struct field *f = &fields[i];
+        if (f->kind == K_PASS) {
+            o = put(o, f->name, f->name_len);
+            o = PUTS(o, ": ");
+            o = put(o, f->value, f->value_len);
+            o = PUTS(o, "\r\n");
+        }
+    }
+    o = PUTS(o, "Via: ");
+    o = put_joined(o, fields, count, K_VIA, via, via_len);
+    o = PUTS(o, "\r\n");
+    o = put(o, length_field->name, length_field->name_len);
+    o = PUTS(o, ": ");
+    o = put(o, length_field->value, length_field->value_len);
+    o = PUTS(o, "\r\n");
+    o = client_keep_alive ? PUTS(o, "Connection: keep-alive\r\n\r\n") : PUTS(o, "Connection: close\r\n\r\n");
+    o = put(o, body, rest);
+    if (o != PyBytes_AS_STRING(out) + size) {
+        Py_DECREF(out);
+        PyErr_SetString(PyExc_SystemError, "fastpath: response head size mismatch");
+        return NULL;
+    }
+    return Py_BuildValue("(iNnLO)", status, out, rest, length - (long long)rest, close ? Py_False : Py_True);
+}
+
+static PyMethodDef methods[] = {
+    {"request", (PyCFunction)(void (*)(void))fast_request, METH_FASTCALL,
+     "Parse one complete plain request; None when the general path must handle it."},
+    {"response", (PyCFunction)(void (*)(void))fast_response, METH_FASTCALL,
+     "Parse one plain Content-Length response head; None when the general path must handle it."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_fastpath", "The router's compiled fast path.", -1, methods,
+    NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__fastpath(void)
+{
+    init_tables();
+    return PyModule_Create(&module);
+}
