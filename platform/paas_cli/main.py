@@ -455,6 +455,24 @@ def ps(app: str | None, as_json: bool) -> None:
     )
 
 
+@cli.command("run", context_settings={"ignore_unknown_options": True,
+                                      "allow_interspersed_args": False})
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED, metavar="-- COMMAND...")
+@app_option
+@click.option("-s", "--size", metavar="SIZE", help="basic (default) or a memory like 1G.")
+def run(command: tuple[str, ...], app: str | None, size: str | None) -> int:
+    """Run a one-off command in the app's current release and exit with its status:
+    `paas run -- python manage.py migrate`. Ctrl-C stops it."""
+    from paas_cli.run import run_oneoff
+
+    args = list(command[1:] if command[:1] == ("--",) else command)
+    if not args:
+        raise UsageError("Give the command to run: paas run -- COMMAND [ARGS...]")
+    name = resolve_app(app)
+    with session() as api:
+        return run_oneoff(api, name, args, size)
+
+
 @cli.command("scale")
 @click.argument("updates", nargs=-1, metavar="TYPE=QUANTITY[:SIZE]...")
 @app_option

@@ -8,6 +8,7 @@ from django.http import HttpResponseBase
 from django.urls import URLPattern, URLResolver, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from restapi import runs
 from restapi import views as v
 from restapi.logs import AppLogsView
 
@@ -41,6 +42,9 @@ urlpatterns: list[URLPattern | URLResolver] = [
     _route("apps/{app}/domains", v.DomainListView.as_view(), "api-domains"),
     _route("apps/{app}/domains/{hostname}", v.DomainView.as_view(), "api-domain"),
     _route("apps/{app}/events", v.AppEventsView.as_view(), "api-app-events"),
+    _route("apps/{app}/runs", runs.RunListView.as_view(), "api-runs"),
+    _route("apps/{app}/runs/{run_id}", runs.RunView.as_view(), "api-run"),
+    _route("apps/{app}/runs/{run_id}/output", runs.RunOutputView.as_view(), "api-run-output"),
     _route("apps/{app}/logs", AppLogsView.as_view(), "api-app-logs"),
     _route("hosts", v.HostListView.as_view(), "api-hosts"),
     _route("hosts/{name}/drain", v.HostDrainView.as_view(), "api-host-drain"),

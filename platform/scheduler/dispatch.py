@@ -17,9 +17,12 @@ class Dispatcher(Protocol):
 
     def stop(self, host: str, container_id: str, timeout_s: float) -> None: ...
 
+    def oneoff(self, host: str, spec: dict[str, Any], timeout_s: float) -> None: ...
+
 
 class CeleryDispatcher:
-    """Send `agent.container_run` / `agent.container_stop` to the agent's queue `host.<name>`."""
+    """Send `agent.container_run` / `agent.container_stop` / `agent.oneoff_run` to the agent's
+    queue `host.<name>`."""
 
     def run(self, host: str, spec: dict[str, Any]) -> None:
         from controlplane.celery import app
@@ -34,6 +37,12 @@ class CeleryDispatcher:
             kwargs={"container_id": container_id, "timeout_s": timeout_s},
             queue=f"host.{host}",
         )
+
+    def oneoff(self, host: str, spec: dict[str, Any], timeout_s: float) -> None:
+        from controlplane.celery import app
+
+        app.send_task("agent.oneoff_run", kwargs={"spec": spec, "timeout_s": timeout_s},
+                      queue=f"host.{host}")
 
 
 current: Dispatcher = CeleryDispatcher()

@@ -31,7 +31,7 @@ from django.utils import timezone
 
 from core.models import Container, Host, HostState
 from runtime.agent.reports import EVENTS_STREAM, HEARTBEATS_STREAM
-from scheduler import dispatch
+from scheduler import dispatch, oneoff
 from scheduler.conf import SchedulerSettings
 
 log = logging.getLogger(__name__)
@@ -123,6 +123,8 @@ def ingest(r: redis.Redis[bytes], consumer: str, *, count: int = 1000, block_ms:
         if entries:
             r.xack(stream, GROUP, *[i for i, _ in entries])  # type: ignore[no-untyped-call]
     for host, cid in stale:
+        if oneoff.is_expected(r, cid):
+            continue  # a one-off (`paas run`, a release phase): in Redis, not in the database
         dispatch.current.stop(host, cid, conf.stop_timeout_s)
         result.stale_stopped.append(cid)
     return result
@@ -135,6 +137,13 @@ def _decode(f: dict[bytes, bytes]) -> dict[str, str]:
 def _apply_event(ev: dict[str, str], result: IngestResult) -> None:
     state = ev.get("state", "")
     row = Container.objects.select_for_update().filter(id=ev.get("id", "")).first()
+    one_off_app = oneoff.app_of(ev.get("id", "")) if row is None and RANK.get(state) == 3 else None
+    if one_off_app is not None:
+        # A one-off ended (a release phase, say): reconciling its app looks at how.
+        from core.models import App
+
+        result.apps.update(App.objects.filter(name=one_off_app).values_list("pk", flat=True))
+        return
     if row is None or state not in RANK:
         return  # a container the scheduler already removed, or a garbled entry
     if row.host is not None and row.host.name != ev.get("host"):

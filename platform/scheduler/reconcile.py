@@ -44,7 +44,7 @@ from router.table import (
     route_domain_set,
 )
 from runtime.spec import ContainerSpec, SpecError
-from scheduler import dispatch
+from scheduler import dispatch, oneoff
 from scheduler.conf import SchedulerSettings
 from scheduler.placement import HostCapacity
 from scheduler.planner import LIVE, Desired, Observed, Plan, ProcessType, plan
@@ -96,9 +96,12 @@ def _reconcile_locked(app_id: int, now: float) -> Outcome:
         if app is None:
             return Outcome("gone")
         release = _target_release(app)
+        # A release phase to run first keeps the release that served before it serving.
+        release, phase_running = oneoff.plan_release(app, release, now)
         build = release.build if release is not None else None
         image = build.image_digest if build and build.status == BuildStatus.SUCCEEDED and build.image_digest else None
-        formation = {f.type: f for f in Formation.objects.filter(app=app)}
+        # The `release` process type is the release phase's command, never a running process.
+        formation = {f.type: f for f in Formation.objects.filter(app=app).exclude(type=oneoff.RELEASE)}
         desired = Desired(
             app=app.name,
             release=release.version if release is not None else 0,
@@ -120,6 +123,8 @@ def _reconcile_locked(app_id: int, now: float) -> Outcome:
         p = plan(desired, observed, _host_capacities(conf.cpu_overcommit), now,
                  start_timeout_s=conf.boot_timeout_s + 60, max_surge=conf.max_surge,
                  max_unavailable=conf.max_unavailable)
+        if phase_running:
+            p = oneoff.poll_soon(p, now)
         out = Outcome("done", p, release=desired.release if release is not None else None)
 
         by_id = {c.id: c for c in rows}

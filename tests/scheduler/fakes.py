@@ -10,9 +10,13 @@ from typing import Any
 class RecordingDispatcher:
     runs: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     stops: list[tuple[str, str]] = field(default_factory=list)
+    oneoffs: list[tuple[str, dict[str, Any], float]] = field(default_factory=list)
 
     def run(self, host: str, spec: dict[str, Any]) -> None:
         self.runs.append((host, spec))
 
     def stop(self, host: str, container_id: str, timeout_s: float) -> None:
         self.stops.append((host, container_id))
+
+    def oneoff(self, host: str, spec: dict[str, Any], timeout_s: float) -> None:
+        self.oneoffs.append((host, spec, timeout_s))

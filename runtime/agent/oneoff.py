@@ -1,0 +1,135 @@
+"""One-off containers (`paas run`, the release phase): run once, ship the output, then remove.
+
+The agent runs the spec like any other container (through the runtime daemon), follows its log
+and writes each line, then how it ended, to a Redis stream of its own:
+
+    paas:run:<container id>   a stream per one-off (MAXLEN ~RUN_MAXLEN), entries in order:
+        {"state": "starting"}                      the agent has the spec
+        {"state": "running"}                       the container runs
+        {"stream": "stdout"|"stderr", "line", "time"}   one per output line
+        {"exit": "<code>" or "", "message", "time"} the last entry: the exit status
+                                                   ("" when it never ran or was removed), and
+                                                   why it ended when it was not its own exit
+    expiring RUN_TTL_S after the exit entry.
+
+A one-off is never restarted and never checked for readiness. Past its `timeout_s` it is
+stopped (SIGTERM, SIGKILL after the stop grace). After its exit the container is removed, and
+an `exited` container event goes to the events stream after the exit entry, so whoever reacts to
+the event (the scheduler's release phase) finds the exit status already written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+import redis
+
+from runtime.client import DaemonError
+from runtime.spec import ID_RE
+
+if TYPE_CHECKING:
+    from runtime.agent.core import Agent
+
+log = logging.getLogger("paas.agent")
+
+RUN_STREAM = "paas:run:{id}"
+RUN_MAXLEN = 10_000
+RUN_TTL_S = 3600
+STOP_GRACE_S = 10.0
+
+
+def run_stream(container_id: str) -> str:
+    return RUN_STREAM.format(id=container_id)
+
+
+class RunOutput:
+    """Append to one one-off's stream; a Redis outage drops entries, never the run."""
+
+    def __init__(self, client: redis.Redis[bytes], container_id: str, ttl_s: int) -> None:
+        self.redis = client
+        self.key = run_stream(container_id)
+        self.ttl_s = ttl_s
+
+    def add(self, fields: dict[str, str]) -> None:
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.xadd(self.key, fields, maxlen=RUN_MAXLEN, approximate=True)
+            pipe.expire(self.key, self.ttl_s)
+            pipe.execute()
+        except redis.RedisError as e:
+            log.warning("could not write the output of %s: %s", self.key, e)
+
+    def finish(self, code: int | None, message: str = "") -> None:
+        self.ttl_s = RUN_TTL_S
+        self.add({"exit": "" if code is None else str(code), "message": message,
+                  "time": f"{time.time():.6f}"})
+
+
+def run_oneoff(agent: Agent, raw_spec: object, timeout_s: float) -> dict[str, Any]:
+    """Run a one-off to its end (see the module docstring); return how it ended."""
+    cid = raw_spec.get("id") if isinstance(raw_spec, dict) else None
+    if not isinstance(cid, str) or not ID_RE.fullmatch(cid):
+        return agent.run(raw_spec)  # refused and reported there; no stream without an id
+    timeout_s = max(1.0, float(timeout_s))
+    out = RunOutput(agent.reporter.redis, cid, int(timeout_s + STOP_GRACE_S) + RUN_TTL_S)
+    out.add({"state": "starting"})
+    result = agent.run(raw_spec)
+    if not result["ok"]:
+        out.finish(None, str(result.get("error") or "it could not be started"))
+        return result
+    out.add({"state": "running"})
+    timed_out = threading.Event()
+
+    def on_timeout() -> None:
+        timed_out.set()
+        with contextlib.suppress(DaemonError):
+            agent.daemon.stop(cid, timeout_s=STOP_GRACE_S)
+
+    timer = threading.Timer(timeout_s, on_timeout)
+    timer.daemon = True
+    timer.start()
+    try:
+        for item in agent.daemon.logs(cid, tail=RUN_MAXLEN, follow=True):
+            out.add({"stream": str(item.get("stream", "stdout")), "line": str(item.get("line", "")),
+                     "time": str(item.get("time", ""))})
+    except DaemonError as e:
+        if e.kind != "not_found":
+            log.warning("following the output of %s failed: %s", cid, e)
+    finally:
+        timer.cancel()
+    code, message = _ended(agent, cid)
+    if timed_out.is_set():
+        message = f"it was stopped after its time limit of {timeout_s:g} s"
+    with contextlib.suppress(DaemonError):
+        agent.daemon.remove(cid, force=True)
+    out.finish(code, message)
+    with contextlib.suppress(redis.RedisError):
+        agent.reporter.event(cid, "exited", exit_code=code)
+    return {"ok": True, "id": cid, "exit_code": code, "message": message}
+
+
+def _ended(agent: Agent, cid: str) -> tuple[int | None, str]:
+    """Wait for the container's end (its log ended); return its exit code and a remark."""
+    deadline = time.monotonic() + STOP_GRACE_S + 5
+    while True:
+        try:
+            c = agent.daemon.inspect(cid)
+        except DaemonError as e:
+            if e.kind == "not_found":
+                return None, "it was stopped"
+            return None, f"its end could not be read: {e}"
+        state = c.get("state")
+        if state != "running" or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    code = c.get("exit_code")
+    code = code if isinstance(code, int) else None
+    if state == "oom":
+        return code, "it ran out of memory"
+    if state == "running":
+        return None, "it did not end"
+    return code, ""
