@@ -18,6 +18,7 @@ import click
 from paas_cli import credentials, gitcredential, gitremote, output
 from paas_cli.client import ApiClient, ApiError, dumps, segment
 from paas_cli.credentials import Credentials, CredentialsError
+from paas_cli.logs import show_logs
 from paas_cli.parsing import (
     UsageError,
     normalize_server,
@@ -471,6 +472,20 @@ def run(command: tuple[str, ...], app: str | None, size: str | None) -> int:
     name = resolve_app(app)
     with session() as api:
         return run_oneoff(api, name, args, size)
+
+
+@cli.command("logs")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines until Ctrl-C.")
+@click.option("-n", "--num", "lines", type=click.IntRange(0, 10_000), default=100,
+              show_default=True, help="How many of the last lines to print first.")
+@click.option("-p", "--ps", "ps", metavar="TYPE[.N]",
+              help="Only a process type (web) or one container (web.1); also router.")
+@app_option
+def logs(follow: bool, lines: int, ps: str | None, app: str | None) -> int:
+    """Print an app's logs: its containers' output, the router's and the platform's lines."""
+    name = resolve_app(app)
+    with session() as api:
+        return show_logs(api, name, lines, ps, follow)
 
 
 @cli.command("scale")
