@@ -33,7 +33,7 @@ from urllib.parse import urlsplit, urlunsplit
 import yaml
 
 from builder.errors import BuildError, BuildTimeout
-from builder.executor import Executor, OnLine, StepTimeout
+from builder.executor import BuildDirs, Executor, OnLine, StepTimeout
 from builder.procfile import ProcessTypes, read_procfile, resolve_process_types
 from builder.slug import SlugLayer, image_config, pack_slug
 from builder.source import (
@@ -241,7 +241,15 @@ class _Build:
                 for path in (self.app_dir, req.cache_dir, self.home, self.tmp, self.bp_dir):
                     _chown_tree(path, owner)
                 self.env_dir.chmod(0o755)
-            return self._run_locked()
+            dirs = BuildDirs(
+                work=req.work_dir, app=self.app_dir, cache=req.cache_dir, env=self.env_dir,
+                buildpacks=self.bp_dir, home=self.home, tmp=self.tmp,
+            )
+            self.executor.prepare(dirs, self._left())
+            try:
+                return self._run_locked()
+            finally:
+                self.executor.close()
 
     def _run_locked(self) -> BuildResult:
         req = self.req
@@ -451,18 +459,27 @@ class _Build:
     def _exported_env(self, exports: list[Path]) -> dict[str, str]:
         if not exports:
             return {}
-        base = self._env()
         lines: list[str] = []
-        argv = ["/bin/bash", "-c", _SOURCE_EXPORTS + "exec env", "paas-step", *map(str, exports), "--"]
+        # The environment as the step sees it, then after sourcing: where steps run may add
+        # variables of its own, and only what the export files change counts.
+        script = f"env; echo {_EXPORTS_MARK}; " + _SOURCE_EXPORTS + "exec env"
+        argv = ["/bin/bash", "-c", script, "paas-step", *map(str, exports), "--"]
         code = self._run(argv, lines.append, "the export files", tick=False)
-        if code != 0:
+        if code != 0 or _EXPORTS_MARK not in lines:
             raise BuildError(f"Sourcing the buildpacks' export files failed with {_exit(code)}.")
+        mark = lines.index(_EXPORTS_MARK)
+        base: dict[str, str] = {}
+        for line in lines[:mark]:
+            m = _ENV_LINE_RE.match(line)
+            if m:
+                base[m.group(1)] = m.group(2)
         found: dict[str, str] = {}
-        for line in lines:
+        for line in lines[mark + 1:]:
             m = _ENV_LINE_RE.match(line)
             if m and base.get(m.group(1)) != m.group(2) and m.group(1) not in ("_", "SHLVL", "PWD", "OLDPWD"):
                 # Paths into the build directory are /app once the slug runs.
-                found[m.group(1)] = m.group(2).replace(str(self.app_dir), "/app")
+                value = m.group(2).replace(self.executor.visible_path(self.app_dir), "/app")
+                found[m.group(1)] = value.replace(str(self.app_dir), "/app")
         return found
 
     # -- running commands --------------------------------------------------------------------
@@ -525,6 +542,7 @@ class _Build:
         return out
 
 
+_EXPORTS_MARK = "@@paas-exports-sourced@@"
 # Source each export file named before `--`, then leave the rest of the arguments in "$@".
 _SOURCE_EXPORTS = 'while [ "$1" != -- ]; do . "$1" || exit 1; shift; done; shift; '
 

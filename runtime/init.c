@@ -68,6 +68,8 @@ static struct {
     int nlowers;
     const char *cgroups[MAX_LIST];
     int ncgroups;
+    const char *mounts[MAX_LIST]; /* "ro|rw:source:target", checked by the daemon */
+    int nmounts;
     uid_t uid;
     gid_t gid;
     long log_max;
@@ -127,6 +129,7 @@ static void parse(int argc, char **argv) {
         else if (strcmp(a, "--pid") == 0) opt.target = (pid_t)strtol(v, NULL, 10);
         else if (strcmp(a, "--lower") == 0 && opt.nlowers < MAX_LIST) opt.lowers[opt.nlowers++] = v;
         else if (strcmp(a, "--cgroup") == 0 && opt.ncgroups < MAX_LIST) opt.cgroups[opt.ncgroups++] = v;
+        else if (strcmp(a, "--mount") == 0 && opt.nmounts < MAX_LIST) opt.mounts[opt.nmounts++] = v;
         else die("unknown option %s", a);
     }
     if (!opt.argv || !opt.argv[0]) die("no command given");
@@ -338,6 +341,50 @@ static void mask_paths(void) {
     }
 }
 
+/* Bind the host directories asked for into the new root (cwd), before pivot_root. The target
+ * is walked one component at a time below the root with O_NOFOLLOW, creating what is missing,
+ * so a symlink in an image layer can never point a mount outside the container's root
+ * (CVE-2021-30465 was a race on such a path). Nothing runs in the container yet, so the walked
+ * path is still what the textual path names when mount(2) gets it. */
+static void bind_mounts(void) {
+    for (int i = 0; i < opt.nmounts; i++) {
+        char spec[PATH_MAX * 2 + 8];
+        snprintf(spec, sizeof spec, "%s", opt.mounts[i]);
+        char *src = strchr(spec, ':');
+        char *dst = src ? strchr(src + 1, ':') : NULL;
+        if (!src || !dst || dst[1] != '/') die("bad --mount %s", opt.mounts[i]);
+        *src++ = 0;
+        *dst++ = 0;
+        int ro = strcmp(spec, "ro") == 0;
+        if (!ro && strcmp(spec, "rw") != 0) die("bad --mount mode %s", spec);
+        int sfd = open(src, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (sfd < 0) die("mount source %s: %m", src);
+        int fd = open(".", O_PATH | O_DIRECTORY | O_CLOEXEC);
+        if (fd < 0) die("open the root: %m");
+        char rel[PATH_MAX] = ".";
+        char path[PATH_MAX];
+        snprintf(path, sizeof path, "%s", dst + 1);
+        for (char *save = NULL, *part = strtok_r(path, "/", &save); part; part = strtok_r(NULL, "/", &save)) {
+            if (strcmp(part, ".") == 0 || strcmp(part, "..") == 0) die("mount target %s is not clean", dst);
+            if (mkdirat(fd, part, 0755) < 0 && errno != EEXIST) die("mkdir mount target %s: %m", dst);
+            int next = openat(fd, part, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+            if (next < 0) die("mount target %s: %s is not a directory in the container: %m", dst, part);
+            close(fd);
+            fd = next;
+            size_t len = strlen(rel);
+            if (len + 1 + strlen(part) >= sizeof rel) die("mount target %s is too long", dst);
+            snprintf(rel + len, sizeof rel - len, "/%s", part);
+        }
+        close(fd);
+        char from[64];
+        snprintf(from, sizeof from, "/proc/self/fd/%d", sfd);
+        mnt(from, rel, NULL, MS_BIND | MS_REC, NULL);
+        /* Bind flags come from a remount (mount(2)): nosuid and nodev always, ro if asked. */
+        mnt(NULL, rel, NULL, MS_BIND | MS_REMOUNT | MS_NOSUID | MS_NODEV | (ro ? MS_RDONLY : 0), NULL);
+        close(sfd);
+    }
+}
+
 static void build_root(void) {
     umask(0);
     mnt(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL);
@@ -358,6 +405,7 @@ static void build_root(void) {
     mnt("sysfs", "sys", "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
     make_dev();
     mkdir_p("tmp", 01777);
+    bind_mounts();
     /* pivot_root(".", ".") stacks the old root under the new one; detach it (pivot_root(2)). */
     if (syscall(SYS_pivot_root, ".", ".") < 0) die("pivot_root: %m");
     if (umount2(".", MNT_DETACH) < 0) die("umount old root: %m");

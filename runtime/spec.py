@@ -33,6 +33,10 @@ CPU_QUOTA_RANGE = (0.01, 1024.0)
 PIDS_LIMIT_RANGE = (1, 1 << 22)
 PORT_RANGE = (1, 65535)
 READINESS_TIMEOUT_RANGE = (0.1, 3600.0)
+MAX_MOUNTS = 16
+MAX_MOUNT_PATH = 1024
+# Mount targets never go over the file systems the init sets up itself, nor over the root.
+RESERVED_TARGETS = ("/proc", "/sys", "/dev")
 
 
 class SpecError(ValueError):
@@ -88,6 +92,38 @@ class Network:
 
 
 @dataclass(frozen=True)
+class Mount:
+    """A host directory bound into the container at `target` (nosuid, nodev; read-only if asked).
+
+    Only the host's own builder asks for these, through the daemon's socket: specs that come
+    from the control plane are parsed without `allow_mounts` and a `mounts` field is refused.
+    """
+
+    source: str
+    target: str
+    readonly: bool = True
+
+    @classmethod
+    def from_dict(cls, d: object, where: str) -> Mount:
+        m = _mapping(d, where)
+        _refuse_unknown(m, {"source", "target", "readonly"}, where)
+        for key in ("source", "target"):
+            if key not in m:
+                raise SpecError(f"{where}: missing required field {key}")
+        source = _clean_path(m["source"], f"{where}.source")
+        target = _clean_path(m["target"], f"{where}.target")
+        if target == "/" or any(target == r or target.startswith(r + "/") for r in RESERVED_TARGETS):
+            raise SpecError(f"{where}.target: {target!r} is reserved for the container's own file systems")
+        readonly = m.get("readonly", True)
+        if not isinstance(readonly, bool):
+            raise SpecError(f"{where}.readonly: must be true or false")
+        return cls(source=source, target=target, readonly=readonly)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"source": self.source, "target": self.target, "readonly": self.readonly}
+
+
+@dataclass(frozen=True)
 class ContainerSpec:
     """One container of one process type of one release of an app."""
 
@@ -106,21 +142,28 @@ class ContainerSpec:
     labels: Mapping[str, str] = field(default_factory=dict)
     readiness: Readiness | None = None
     network: Network = field(default_factory=Network)
+    mounts: tuple[Mount, ...] = ()
 
     FIELDS = frozenset(
         {
             "id", "app", "release", "process_type", "image", "command", "env", "port",
             "memory_mb", "cpu_shares", "cpu_quota", "pids_limit", "labels", "readiness",
-            "network",
+            "network", "mounts",
         }
     )
     REQUIRED = frozenset({"id", "app", "release", "process_type", "image"})
 
     @classmethod
-    def from_dict(cls, d: object) -> ContainerSpec:
-        """Validate untrusted input and build a spec, or raise `SpecError`."""
+    def from_dict(cls, d: object, *, allow_mounts: bool = False) -> ContainerSpec:
+        """Validate untrusted input and build a spec, or raise `SpecError`.
+
+        Host bind mounts are refused unless `allow_mounts` (the daemon's own socket, which only
+        root on this host reaches): a spec from the control plane never names host paths.
+        """
         m = _mapping(d, "spec")
         _refuse_unknown(m, cls.FIELDS, "spec")
+        if "mounts" in m and not allow_mounts:
+            raise SpecError("mounts: host bind mounts are not allowed in this spec")
         missing = sorted(cls.REQUIRED - m.keys())
         if missing:
             raise SpecError(f"spec: missing required field(s): {', '.join(missing)}")
@@ -156,9 +199,16 @@ class ContainerSpec:
             labels=_labels(m.get("labels", {})),
             readiness=None if readiness is None else Readiness.from_dict(readiness),
             network=Network.from_dict(m.get("network", {})),
+            mounts=_mounts(m.get("mounts", [])),
         )
 
     def to_dict(self) -> dict[str, Any]:
+        d = self._fields()
+        if self.mounts:  # left out when empty, so a plain spec reads as it always has
+            d["mounts"] = [mount.to_dict() for mount in self.mounts]
+        return d
+
+    def _fields(self) -> dict[str, Any]:
         return {
             "id": self.id,
             "app": self.app,
@@ -256,6 +306,31 @@ def _env(v: object) -> dict[str, str]:
             raise SpecError(f"env.{key}: longer than {MAX_ENV_VALUE_BYTES} bytes")
         out[key] = s
     return out
+
+
+def _clean_path(v: object, name: str) -> str:
+    s = _str(v, name)
+    if not s.startswith("/") or len(s) > MAX_MOUNT_PATH:
+        raise SpecError(f"{name}: must be an absolute path of at most {MAX_MOUNT_PATH} characters")
+    parts = s.split("/")[1:]
+    if s != "/" and any(p in ("", ".", "..") for p in parts):
+        raise SpecError(f"{name}: {s[:80]!r} must be a clean path (no '..', '.', '//' or trailing '/')")
+    # The init takes a mount as one "mode:source:target" argument.
+    if ":" in s or any(c.isspace() or ord(c) < 32 for c in s):
+        raise SpecError(f"{name}: {s[:80]!r} must not contain ':', spaces or control characters")
+    return s
+
+
+def _mounts(v: object) -> tuple[Mount, ...]:
+    if not isinstance(v, list | tuple):
+        raise SpecError("mounts: must be a list of {source, target, readonly} objects")
+    if len(v) > MAX_MOUNTS:
+        raise SpecError(f"mounts: more than {MAX_MOUNTS} mounts")
+    mounts = tuple(Mount.from_dict(x, f"mounts[{i}]") for i, x in enumerate(v))
+    targets = [mount.target for mount in mounts]
+    if len(set(targets)) != len(targets):
+        raise SpecError("mounts: two mounts share one target")
+    return mounts
 
 
 def _labels(v: object) -> dict[str, str]:

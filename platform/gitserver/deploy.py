@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
-import itertools
 import logging
 import os
 import shutil
-import signal
 import tempfile
 import threading
 import time
@@ -19,7 +16,15 @@ from django.conf import settings
 
 from builder.buildpack import BuildRequest, build, default_cache_dir
 from builder.errors import BuildError
-from builder.executor import Executor, HostExecutor, OnLine
+from builder.executor import (
+    BuildDirs,
+    ContainerLimits,
+    Executor,
+    HostExecutor,
+    OnLine,
+    RuntimeExecutor,
+    executor_mode,
+)
 from builder.image import assemble_image
 from builder.source import checkout
 from controlplane.env import data_dir, env_int, env_str
@@ -27,7 +32,7 @@ from core.actions import build_create, build_finish
 from core.errors import ActionError
 from core.models import App
 from gitserver.buildlog import BuildLogStream
-from runtime.client import runtime_root
+from runtime.client import DaemonClient, DaemonError, runtime_root
 from runtime.images import ImageError, ImageStore
 
 log = logging.getLogger(__name__)
@@ -46,47 +51,79 @@ class Outcome:
 
 
 class CancellableExecutor:
-    """An executor that kills the running step (its whole process group) once `cancelled` is set.
+    """An executor whose running step is stopped once `cancelled` is set.
 
-    A silent step gives the builder no output line to fail on when the client has hung up, so
-    each step first writes its process-group id to a file that a watcher reads on cancellation.
+    A silent step gives the builder no output line to fail on when the client has hung up, so a
+    watcher thread cancels the inner executor (the host one kills the step's process group,
+    the runtime one the whole build container).
     """
 
-    def __init__(self, inner: Executor, cancelled: threading.Event, scratch: Path) -> None:
+    def __init__(self, inner: Executor, cancelled: threading.Event) -> None:
         self.inner = inner
         self.owner = inner.owner
         self.cancelled = cancelled
-        self.scratch = scratch
-        self._count = itertools.count()
+
+    def prepare(self, dirs: BuildDirs, timeout: float) -> None:
+        if self.cancelled.is_set():
+            raise ClientGone
+        self.inner.prepare(dirs, timeout)
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def visible_path(self, path: Path) -> str:
+        return self.inner.visible_path(path)
+
+    def cancel(self) -> None:
+        self.inner.cancel()
 
     def run(self, argv: Sequence[str], cwd: Path, env: Mapping[str, str], timeout: float,
             on_line: OnLine) -> int:
         if self.cancelled.is_set():
             raise ClientGone
-        pidfile = self.scratch / f"step-{next(self._count)}.pid"
-        # The executor starts each step as a new session, so the shell's pid is its group id.
-        wrapped = ["/bin/sh", "-c", 'echo $$ > "$0"; exec "$@"', str(pidfile), *argv]
         done = threading.Event()
 
         def watch() -> None:
             while not done.wait(0.2):
-                if not self.cancelled.is_set():
-                    continue
-                try:
-                    pgid = int(pidfile.read_text())
-                except (OSError, ValueError):
-                    continue
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(pgid, signal.SIGKILL)
-                return
+                if self.cancelled.is_set():
+                    self.inner.cancel()
+                    return
 
         watcher = threading.Thread(target=watch, name="build-cancel", daemon=True)
         watcher.start()
         try:
-            return self.inner.run(wrapped, cwd, env, timeout, on_line)
+            return self.inner.run(argv, cwd, env, timeout, on_line)
         finally:
             done.set()
             watcher.join()
+
+
+def build_executor(app: str, build_id: str, store: ImageStore, stack: str) -> Executor:
+    """Where this build's steps run: PAAS_BUILD_EXECUTOR (`host`, `runtime`, default auto).
+
+    Auto builds in a runtime build container when this process is root and the runtime daemon
+    answers, else on the host (development without root).
+    """
+    client = DaemonClient(timeout=60)
+
+    def daemon_answers() -> bool:
+        try:
+            client.ping()
+        except (DaemonError, OSError):
+            return False
+        return True
+
+    mode = executor_mode(env_str("PAAS_BUILD_EXECUTOR", ""), daemon_answers, os.geteuid() == 0)
+    if mode == "host":
+        return HostExecutor()
+    image = store.resolve(stack)
+    limits = ContainerLimits(
+        memory_mb=env_int("PAAS_BUILD_MEMORY_MB", ContainerLimits.memory_mb),
+        cpu_quota=(env_int("PAAS_BUILD_CPUS", 2) or None),
+        pids_limit=env_int("PAAS_BUILD_PIDS", ContainerLimits.pids_limit),
+    )
+    return RuntimeExecutor(client, image.digest, image.layers, image.config, app=app,
+                           build_id=build_id, limits=limits)
 
 
 def image_store() -> ImageStore:
@@ -141,7 +178,7 @@ def run_build(*, app: App, user: object, commit: str, repo: Path,
                 build_id=str(record.pk), commit=commit, stack=stack.removeprefix("stack:"),
                 timeout=timeout, progress_interval=progress,
             ),
-            CancellableExecutor(HostExecutor(), cancelled, scratch),
+            CancellableExecutor(build_executor(app.name, str(record.pk), store, stack), cancelled),
             out,
         )
         out("-----> Assembling the image")

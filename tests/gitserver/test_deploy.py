@@ -106,7 +106,7 @@ def test_it_stops_at_the_next_step_once_the_client_is_gone(
 
 def test_it_kills_a_silent_step_and_what_it_started(tmp_path: Path) -> None:
     cancelled = threading.Event()
-    executor = CancellableExecutor(HostExecutor(), cancelled, tmp_path)
+    executor = CancellableExecutor(HostExecutor(), cancelled)
     marker = tmp_path / "child-pid"
     lines: list[str] = []
 

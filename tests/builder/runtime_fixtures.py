@@ -1,0 +1,81 @@
+"""A real runtime daemon with networking and the real debian stack, for builds in containers."""
+
+from __future__ import annotations
+
+import os
+import random
+import secrets
+import shutil
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from runtime.images import Image, ImageStore
+from runtime.stacks import build_stack
+from tests.runtime.daemon_fixtures import Daemon
+
+STACK = "debian-13"
+
+
+def stack_cache() -> Path:
+    return Path(os.environ.get("PAAS_STACK_CACHE_DIR", "/var/cache/paas/stacks"))
+
+
+def linked_stack_store(dest: Path) -> ImageStore:
+    """A throw-away image store holding the real stack: hard links into the per-host test store.
+
+    The stack is built (or imported) into that store once per host; linking its unpacked layer
+    takes a second where unpacking it again takes a minute. Layers are read-only to everyone.
+    """
+    cache = stack_cache()
+    shared = cache / "test-store"
+    build_stack(ImageStore(shared), STACK, cache)
+    dest.mkdir(parents=True, exist_ok=True)
+    for part in ("oci", "layers"):
+        subprocess.run(["cp", "-al", str(shared / part), str(dest / part)], check=True)
+    return ImageStore(dest)
+
+
+def start_network_daemon(root: Path) -> Daemon:
+    subnet = f"10.{random.randint(160, 250)}.{random.randint(0, 255)}.0/24"
+    daemon = Daemon(root, network=(f"pb{secrets.token_hex(3)}", subnet))
+    daemon.start()
+    return daemon
+
+
+def stop_daemon(daemon: Daemon) -> None:
+    """Remove every container the daemon still has, stop it and take its network down."""
+    try:
+        for c in daemon.client.list():
+            daemon.made.append(c["id"])
+    except Exception:  # the daemon may be gone already; clean up what we can
+        pass
+    try:
+        daemon.cleanup()
+    finally:
+        daemon.stop()
+        daemon.teardown_network()
+
+
+@dataclass
+class BuildHost:
+    daemon: Daemon
+    stack: Image
+    store: ImageStore
+
+
+@pytest.fixture(scope="module", name="build_host")
+def build_host_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BuildHost]:
+    if os.geteuid() != 0:
+        pytest.fail("builds in runtime containers need root")
+    root = tmp_path_factory.mktemp("build-runtime")
+    store = linked_stack_store(root / "images")
+    daemon = start_network_daemon(root / "runtime")
+    try:
+        yield BuildHost(daemon=daemon, stack=store.resolve(f"stack:{STACK}"), store=store)
+    finally:
+        stop_daemon(daemon)
+        shutil.rmtree(root, ignore_errors=True)
