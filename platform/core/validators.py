@@ -163,3 +163,76 @@ def labels(value: object) -> dict[str, str]:
     ):
         raise invalid_field("labels", "Labels must be an object of up to 50 short string pairs.")
     return dict(value)
+
+
+LABEL_KEY_RE = re.compile(r"^[a-z0-9](?:[a-z0-9._/-]{0,61}[a-z0-9])?$")
+LABEL_VALUE_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$")
+READINESS_PATH_MAX = 200
+BOOT_TIMEOUT_MAX_S = 3600
+
+
+def label_key(value: object, field: str = "labels") -> str:
+    if not isinstance(value, str) or not LABEL_KEY_RE.match(value):
+        raise invalid_field(
+            field,
+            f"Label name {value!r} must be 1 to 63 lowercase letters, digits, '.', '_', '/' or "
+            "'-', starting and ending with a letter or digit.",
+        )
+    return value
+
+
+def label_value(key: str, value: object, field: str = "labels") -> str:
+    if not isinstance(value, str) or not LABEL_VALUE_RE.match(value):
+        raise invalid_field(
+            field,
+            f"The value of label '{key}' must be 1 to 63 letters, digits, '.', '_' or '-', "
+            "starting and ending with a letter or digit.",
+        )
+    return value
+
+
+def constraints(value: object) -> dict[str, str]:
+    """Host labels a process type needs: an object of label name: value (empty: none)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or len(value) > 20:
+        raise invalid_field(
+            "constraints", "Constraints must be an object of up to 20 label: value pairs."
+        )
+    return {
+        label_key(k, "constraints"): label_value(k, v, "constraints") for k, v in value.items()
+    }
+
+
+def label_changes(value: object) -> dict[str, str | None]:
+    """Host label changes: label name: value to set, or null to remove."""
+    if not isinstance(value, dict) or not value or len(value) > 50:
+        raise invalid_field(
+            "labels", "Give an object of up to 50 label: value pairs (null removes a label)."
+        )
+    return {
+        label_key(k): None if v is None else label_value(k, v) for k, v in value.items()
+    }
+
+
+def readiness_path(value: object) -> str:
+    """An HTTP readiness path (`/healthz`), or empty/null for the TCP check."""
+    if value is None or value == "":
+        return ""
+    if (
+        not isinstance(value, str) or not value.startswith("/") or len(value) > READINESS_PATH_MAX
+        or any(c.isspace() or not c.isprintable() for c in value)
+    ):
+        raise invalid_field(
+            "readiness_path",
+            f"Readiness path must be an absolute URL path like /healthz, without spaces, of at "
+            f"most {READINESS_PATH_MAX} characters (empty: a TCP connect to $PORT).",
+        )
+    return value
+
+
+def boot_timeout(value: object) -> int | None:
+    """Seconds a new container has to get ready, or null for the platform's default."""
+    if value is None:
+        return None
+    return positive_int(value, "boot_timeout_s", BOOT_TIMEOUT_MAX_S)

@@ -24,6 +24,7 @@ from paas_cli.parsing import (
     normalize_server,
     parse_assignments,
     parse_keys,
+    parse_labels,
     parse_scale,
     parse_version,
 )
@@ -430,7 +431,27 @@ def config_unset(keys: tuple[str, ...], app: str | None, as_json: bool) -> None:
 # --- processes -------------------------------------------------------------------------------
 
 FORMATION_COLUMNS = [("type", "TYPE"), ("quantity", "QUANTITY"), ("size", "SIZE"),
-                     ("memory_mb", "MEMORY MB"), ("cpu", "CPU")]
+                     ("memory_mb", "MEMORY MB"), ("cpu", "CPU"), ("constraints", "CONSTRAINTS"),
+                     ("readiness", "READINESS")]
+
+
+def _readiness(row: Any) -> str:
+    """`http GET /healthz, 90 s`, `tcp $PORT`, or nothing for types without a port."""
+    if not isinstance(row, dict) or row.get("type") != "web":
+        return ""
+    check = f"http GET {row['readiness_path']}" if row.get("readiness_path") else "tcp $PORT"
+    timeout = row.get("boot_timeout_s")
+    return f"{check}, {timeout} s" if timeout else check
+
+
+def _last_exit(row: Any) -> str:
+    """How the container this one replaced ended: `oom`, `code 1`."""
+    if not isinstance(row, dict) or not row.get("last_exit_state"):
+        return ""
+    if row["last_exit_state"] == "exited":
+        code = row.get("last_exit_code")
+        return f"code {code}" if code is not None else "exited"
+    return str(row["last_exit_state"])
 
 
 @cli.command("ps")
@@ -442,18 +463,33 @@ def ps(app: str | None, as_json: bool) -> None:
     with session() as api:
         formation = api.get(f"/apps/{segment(name)}/formation")
         containers = api.get(f"/apps/{segment(name)}/containers")
+        releases = api.get(f"/apps/{segment(name)}/releases")
     if as_json:
         output.say(dumps({"formation": formation, "containers": containers}))
         return
+    for row in formation if isinstance(formation, list) else []:
+        if isinstance(row, dict):
+            row["readiness"] = _readiness(row)
     output.print_table(formation, FORMATION_COLUMNS, empty=f"{name} has no process types yet.")
     output.say("")
+    for row in containers if isinstance(containers, list) else []:
+        if isinstance(row, dict):
+            row["last_exit"] = _last_exit(row)
     output.print_table(
         containers,
-        [("name", "CONTAINER"), ("state", "STATE"), ("release", "RELEASE"), ("host", "HOST"),
-         ("address", "ADDRESS"), ("started_at", "STARTED"), ("restarts", "RESTARTS")],
+        [("name", "CONTAINER"), ("status", "STATUS"), ("release", "RELEASE"), ("host", "HOST"),
+         ("address", "ADDRESS"), ("started_at", "STARTED"), ("restarts", "RESTARTS"),
+         ("last_exit", "LAST EXIT")],
         empty=f"{name} has no containers running.",
         formatters={"release": output.release_name, "started_at": output.when},
     )
+    # The newest release, when it is not simply rolled out: why (pending, failed, unplaced).
+    newest = releases[0] if isinstance(releases, list) and releases else None
+    if isinstance(newest, dict) and (newest.get("status") != "deployed" or newest.get("status_reason")):
+        reason = output.text(newest.get("status_reason"))
+        output.say("")
+        output.say(f"{output.release_name(newest)} is {output.text(newest.get('status'))}"
+                   + (f": {reason}" if reason else "."))
 
 
 @cli.command("run", context_settings={"ignore_unknown_options": True,
@@ -492,18 +528,79 @@ def logs(follow: bool, lines: int, ps: str | None, app: str | None) -> int:
 @click.argument("updates", nargs=-1, metavar="TYPE=QUANTITY[:SIZE]...")
 @app_option
 @json_option
-def scale(updates: tuple[str, ...], app: str | None, as_json: bool) -> None:
-    """Scale process types: `paas scale web=2 worker=1`, `web=2:512M`, `web=1G`."""
+@click.option("--constraint", "constraints", multiple=True, metavar="LABEL=VALUE",
+              help="Run these types only on hosts with this label (repeatable).")
+def scale(updates: tuple[str, ...], app: str | None, as_json: bool,
+          constraints: tuple[str, ...]) -> None:
+    """Scale process types: `paas scale web=2 worker=1`, `web=2:512M`, `web=1G`,
+    `web=3 --constraint region=eu`."""
     parsed = parse_scale(updates)
+    labels = parse_labels(constraints)
     name = resolve_app(app)
+    body = [u.as_api() for u in parsed]
+    if labels:
+        for item in body:
+            item["constraints"] = labels
     with session() as api:
-        formation = api.patch(
-            f"/apps/{segment(name)}/formation", {"updates": [u.as_api() for u in parsed]}
-        )
+        formation = api.patch(f"/apps/{segment(name)}/formation", {"updates": body})
     if as_json:
         output.say(dumps(formation))
         return
     output.say(f"Scaled {name}: {_formation_summary(formation)}")
+
+
+@cli.command("ps:constraints")
+@click.argument("ptype", metavar="TYPE")
+@click.argument("pairs", nargs=-1, metavar="[LABEL=VALUE]...")
+@click.option("--clear", is_flag=True, help="Run the type on any host again.")
+@app_option
+@json_option
+def ps_constraints(ptype: str, pairs: tuple[str, ...], clear: bool, app: str | None,
+                   as_json: bool) -> None:
+    """Run a process type only on hosts with these labels: `paas ps:constraints web region=eu`."""
+    if clear == bool(pairs):
+        raise UsageError("Give LABEL=VALUE pairs, or --clear to remove the constraints.")
+    labels = {} if clear else parse_labels(pairs)
+    name = resolve_app(app)
+    with session() as api:
+        formation = api.patch(f"/apps/{segment(name)}/formation",
+                              {"updates": [{"type": ptype, "constraints": labels}]})
+    if as_json:
+        output.say(dumps(formation))
+        return
+    shown = " ".join(f"{k}={v}" for k, v in labels.items())
+    output.say(f"{name} {ptype} now runs on " + (f"hosts labelled {shown}." if shown else "any host."))
+
+
+@cli.command("ps:readiness")
+@click.argument("ptype", metavar="TYPE")
+@click.argument("path", required=False)
+@click.option("--tcp", is_flag=True, help="Back to the default: a TCP connect to $PORT.")
+@click.option("--timeout", type=click.IntRange(1, 3600), metavar="SECONDS",
+              help="How long a new container has to get ready (default: the platform's, 60 s).")
+@app_option
+@json_option
+def ps_readiness(ptype: str, path: str | None, tcp: bool, timeout: int | None, app: str | None,
+                 as_json: bool) -> None:
+    """Set how a new container shows it is ready: `paas ps:readiness web /healthz` (an HTTP GET
+    answered 2xx or 3xx), `--tcp`, and `--timeout SECONDS`."""
+    if path is not None and tcp:
+        raise UsageError("Give a PATH or --tcp, not both.")
+    if path is None and not tcp and timeout is None:
+        raise UsageError("Give a PATH (like /healthz), --tcp, or --timeout SECONDS.")
+    update: dict[str, Any] = {"type": ptype}
+    if path is not None or tcp:
+        update["readiness_path"] = path or ""
+    if timeout is not None:
+        update["boot_timeout_s"] = timeout
+    name = resolve_app(app)
+    with session() as api:
+        formation = api.patch(f"/apps/{segment(name)}/formation", {"updates": [update]})
+    if as_json:
+        output.say(dumps(formation))
+        return
+    row = next((r for r in formation if isinstance(r, dict) and r.get("type") == ptype), {})
+    output.say(f"{name} {ptype} is ready on: {_readiness(row)} (from its next container on).")
 
 
 # --- releases --------------------------------------------------------------------------------
@@ -786,6 +883,21 @@ def hosts(as_json: bool) -> None:
         empty="No hosts are registered.",
         formatters={"last_heartbeat_at": output.when},
     )
+
+
+@cli.command("hosts:label")
+@click.argument("name")
+@click.argument("pairs", nargs=-1, required=True, metavar="LABEL=VALUE|LABEL-...")
+@json_option
+def hosts_label(name: str, pairs: tuple[str, ...], as_json: bool) -> None:
+    """Set (`region=eu`) or remove (`region-`) labels of a host (staff only)."""
+    labels = parse_labels(pairs, removals=True)
+    with session() as api:
+        host = api.patch(f"/hosts/{segment(name)}", {"labels": labels})
+    if as_json:
+        output.say(dumps(host))
+        return
+    output.say(f"{name} labels: {output.text(host.get('labels')) or 'none'}.")
 
 
 @cli.command("hosts:drain")

@@ -156,3 +156,22 @@ def normalize_server(url: str) -> str:
     if parts.query or parts.fragment:
         raise UsageError(f"{url!r}: a server URL has no query or fragment.")
     return text.rstrip("/")
+
+
+def parse_labels(args: tuple[str, ...] | list[str], *, removals: bool = False
+                 ) -> dict[str, str | None]:
+    """Parse `name=value` pairs (and, with `removals`, `name-` to remove one)."""
+    found: dict[str, str | None] = {}
+    for arg in args:
+        if removals and arg.endswith("-") and "=" not in arg and len(arg) > 1:
+            key, value = arg[:-1], None
+        else:
+            key, sep, text = arg.partition("=")
+            if not sep or not key or not text:
+                hint = " or NAME- to remove one" if removals else ""
+                raise UsageError(f"{arg!r} is not NAME=VALUE (for example region=eu){hint}.")
+            value = text
+        if key in found:
+            raise UsageError(f"Label {key!r} is given twice.")
+        found[key] = value
+    return found

@@ -3,6 +3,7 @@ and presence: the rules themselves live in the actions (core.validators)."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from django.contrib.auth.models import User
@@ -111,7 +112,8 @@ class ReleaseSerializer(serializers.ModelSerializer[Release]):
 class FormationSerializer(serializers.ModelSerializer[Formation]):
     class Meta:
         model = Formation
-        fields = ["type", "quantity", "size", "memory_mb", "cpu"]
+        fields = ["type", "quantity", "size", "memory_mb", "cpu", "constraints",
+                  "readiness_path", "boot_timeout_s"]
 
 
 class AppSerializer(serializers.ModelSerializer[App]):
@@ -158,11 +160,24 @@ class ContainerSerializer(serializers.ModelSerializer[Container]):
     name = serializers.CharField(help_text="<type>.<number>, e.g. web.1")
     release = serializers.IntegerField(source="release.version")
     host = serializers.CharField(source="host.name", allow_null=True, default=None)
+    status = serializers.SerializerMethodField(
+        help_text="up, starting, crashing, exited, failed or oom")
 
     class Meta:
         model = Container
-        fields = ["id", "type", "number", "name", "release", "host", "state", "address",
-                  "exit_code", "started_at", "restarts"]
+        fields = ["id", "type", "number", "name", "release", "host", "status", "state",
+                  "address", "exit_code", "started_at", "ready_at", "restarts",
+                  "last_exit_state", "last_exit_code", "message"]
+
+    def get_status(self, c: Container) -> str:
+        from scheduler.conf import SchedulerSettings
+        from scheduler.planner import status
+
+        stable_s = self.context.get("crash_reset_after_s")
+        if stable_s is None:
+            stable_s = SchedulerSettings.from_env().crash_reset_after_s
+        ready_at = c.ready_at.timestamp() if c.ready_at else None
+        return status(c.state, c.restarts, ready_at, time.time(), float(stable_s))
 
 
 class DomainSerializer(serializers.ModelSerializer[Domain]):
@@ -264,6 +279,12 @@ class FormationUpdateInput(serializers.Serializer[Any]):
     type = serializers.CharField()
     quantity = serializers.IntegerField(required=False)
     size = serializers.CharField(required=False)
+    constraints = serializers.DictField(child=serializers.CharField(), required=False,
+                                        help_text="host labels the type needs ({} clears)")
+    readiness_path = serializers.CharField(required=False, allow_blank=True, allow_null=True,
+                                           help_text="web only; empty or null: TCP check")
+    boot_timeout_s = serializers.IntegerField(required=False, allow_null=True,
+                                              help_text="web only; null: the default")
 
 
 class FormationInput(serializers.Serializer[Any]):
@@ -276,6 +297,11 @@ class RollbackInput(serializers.Serializer[Any]):
 
 class DomainInput(serializers.Serializer[Any]):
     hostname = serializers.CharField()
+
+
+class HostLabelsInput(serializers.Serializer[Any]):
+    labels = serializers.DictField(child=serializers.CharField(allow_null=True),
+                                   help_text="name: value to set, name: null to remove")
 
 
 class HostInput(serializers.Serializer[Any]):

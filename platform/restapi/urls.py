@@ -47,6 +47,7 @@ urlpatterns: list[URLPattern | URLResolver] = [
     _route("apps/{app}/runs/{run_id}/output", runs.RunOutputView.as_view(), "api-run-output"),
     _route("apps/{app}/logs", AppLogsView.as_view(), "api-app-logs"),
     _route("hosts", v.HostListView.as_view(), "api-hosts"),
+    _route("hosts/{name}", v.HostView.as_view(), "api-host"),
     _route("hosts/{name}/drain", v.HostDrainView.as_view(), "api-host-drain"),
     _route("schema", SpectacularAPIView.as_view(authentication_classes=[], permission_classes=[]), "api-schema"),
     _route("docs", SpectacularSwaggerView.as_view(url_name="api-schema", authentication_classes=[], permission_classes=[]), "api-docs"),

@@ -24,6 +24,7 @@ from core.errors import Invalid, NotFound, invalid_field
 from core.models import ApiToken, App, AuditEvent, Container, Host, Membership, Team
 from restapi import serializers as s
 from restapi.auth import LoginRateThrottle
+from scheduler.conf import SchedulerSettings
 
 EVENTS_DEFAULT = 100
 EVENTS_MAX = 1000
@@ -311,7 +312,9 @@ class ContainerListView(APIView):
         """The app's containers as last observed on the hosts."""
         row = authz.app_get(_user(request), app)
         containers = Container.objects.filter(app=row).select_related("release", "host")
-        return Response(s.ContainerSerializer(containers.order_by("type", "number"), many=True).data)
+        context = {"crash_reset_after_s": SchedulerSettings.from_env().crash_reset_after_s}
+        return Response(s.ContainerSerializer(containers.order_by("type", "number"), many=True,
+                                              context=context).data)
 
 
 class ReleaseListView(APIView):
@@ -405,6 +408,20 @@ class HostListView(APIView):
         answer = dict(s.HostSerializer(host).data)
         answer["token"] = token
         return Response(answer, status=201)
+
+
+class HostView(APIView):
+    @extend_schema(request=s.HostLabelsInput, responses=s.HostSerializer)
+    def patch(self, request: Request, name: str) -> Response:
+        """Set or remove a host's labels (staff): `{"labels": {"region": "eu", "old": null}}`."""
+        user = _user(request)
+        authz.require_staff(user, "label hosts")
+        host = Host.objects.filter(name=name).first()
+        if host is None:
+            raise NotFound(f"Host '{name}' not found.")
+        data = _body(request, required=("labels",))
+        return Response(s.HostSerializer(
+            actions.host_label(actor=user, host=host, changes=data["labels"])).data)
 
 
 class HostDrainView(APIView):

@@ -18,6 +18,7 @@ class SchedulerSettings:
     cpu_overcommit: int  # CPU shares placeable per core (a share is a weight, not a whole core)
     max_surge: int | None  # containers beyond the quantity during a roll-out (None: quantity)
     max_unavailable: int  # how far below the quantity ready containers may drop in a roll-out
+    crash_reset_after_s: int  # ready this long after crashes: no longer `crashing`, back-off reset
 
     @classmethod
     def from_env(cls) -> SchedulerSettings:
@@ -30,4 +31,5 @@ class SchedulerSettings:
             cpu_overcommit=max(1, env_int("PAAS_CPU_OVERCOMMIT", 8)),
             max_surge=max(0, env_int("PAAS_DEPLOY_MAX_SURGE", -1)) if os.environ.get("PAAS_DEPLOY_MAX_SURGE") else None,
             max_unavailable=max(0, env_int("PAAS_DEPLOY_MAX_UNAVAILABLE", 0)),
+            crash_reset_after_s=max(1, env_int("PAAS_CRASH_RESET_AFTER_S", 60)),
         )

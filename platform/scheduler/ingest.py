@@ -158,13 +158,19 @@ def _apply_event(ev: dict[str, str], result: IngestResult) -> None:
     if ev.get("address"):
         row.address = ev["address"]
         fields.append("address")
-    if state == "running" and row.started_at is None:
+    if state in ("running", "ready") and row.started_at is None:
         row.started_at = when
         fields.append("started_at")
+    if state == "ready" and row.ready_at is None:
+        row.ready_at = when
+        fields.append("ready_at")
     if RANK[state] == 3:
         row.finished_at = when
         row.exit_code = int(ev["exit_code"]) if ev.get("exit_code", "").lstrip("-").isdigit() else None
         fields += ["finished_at", "exit_code"]
+        if ev.get("message"):
+            row.message = ev["message"][:500]
+            fields.append("message")
     row.save(update_fields=fields)
     result.apps.add(row.app_id)
 

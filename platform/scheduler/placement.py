@@ -200,6 +200,7 @@ def _why_not(r: Request, ready: list[_Host]) -> str:
         return f"no ready host to place {what} on"
     labelled = [h for h in ready if h.matches(r)]
     if not labelled:
-        wanted = ", ".join(f"{k}={v}" for k, v in sorted(r.constraints.items()))
-        return f"no ready host has the labels {wanted} that {what} needs"
+        wanted = " ".join(f"{k}={v}" for k, v in sorted(r.constraints.items()))
+        plural = "s" if len(r.constraints) > 1 else ""
+        return f"no ready host has label{plural} {wanted} (needed by {what})"
     return f"no ready host has room for {what}: every one is short of memory or CPU"

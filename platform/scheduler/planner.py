@@ -7,13 +7,18 @@ running it and observing the result, again and again, converges:
 
 - Containers that are gone (`exited`, `failed`, `oom`) or on a host that is `down` (or
   unknown) are stopped; a current-release one is replaced. A crash is replaced after a back-off
-  (1, 2, 4, ... seconds, at most `BACKOFF_MAX_S`) that grows with its restarts; until then its
-  row stays and the plan says when to look again (`retry_at`).
+  (1, 2, 4, ... seconds, at most `BACKOFF_MAX_S`) that grows with its restarts in a row; until
+  then its row stays and the plan says when to look again (`retry_at`). A container that was
+  ready for `stable_s` before it ended starts a new streak (its replacement's back-off is 1 s).
+  The replacement carries the streak's count and how its predecessor ended (`Start.last_exit_*`);
+  `status` turns that into what `paas ps` shows (`crashing` after `CRASHING_RESTARTS`).
 - New containers start first: by default the current release gets its full quantity at once
   (surge = quantity; `max_surge` limits it). Containers of older releases, and those on a
   `draining` host, are stopped only as current-release ones become `ready`: at every moment,
   ready new + old kept >= quantity - `max_unavailable` (default 0).
 - Surplus current-release containers (scaled down) stop at once, the not-ready ones first.
+- A container on a host without the labels its process type's constraints now name is
+  replaced like an old release's: a new one starts on a matching host first.
 - Process types no longer in the formation (or scaled to 0) stop entirely.
 - A container still `starting` after `start_timeout_s` (its spec never reached the agent: a
   worker died between commit and send, or the message was lost) is stopped and replaced.
@@ -34,6 +39,8 @@ from scheduler.placement import HostCapacity, Request, place
 LIVE = frozenset({"starting", "running", "ready"})
 GONE = frozenset({"exited", "failed", "oom"})
 BACKOFF_MAX_S = 300.0
+CRASHING_RESTARTS = 3  # restarts in a row after which a container shows as `crashing`
+STABLE_S = 60.0  # ready this long: a crash-restart streak is over
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +75,8 @@ class Observed:
     restarts: int = 0
     finished_at: float | None = None
     created_at: float | None = None
+    ready_at: float | None = None
+    exit_code: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +88,8 @@ class Start:
     memory_mb: int
     cpu: float
     restarts: int = 0
+    last_exit_state: str = ""
+    last_exit_code: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +117,30 @@ def backoff_s(restarts: int) -> float:
     return float(min(BACKOFF_MAX_S, 2 ** min(restarts, 16)))
 
 
+def streak(c: Observed, stable_s: float = STABLE_S) -> int:
+    """Restarts in a row before `c` ended: 0 when it had been ready for `stable_s` first."""
+    if c.ready_at is not None and c.finished_at is not None and c.finished_at - c.ready_at >= stable_s:
+        return 0
+    return c.restarts
+
+
+def status(state: str, restarts: int, ready_at: float | None, now: float,
+           stable_s: float = STABLE_S) -> str:
+    """What a user sees of a container: `up`, `starting`, `crashing`, or how it ended.
+
+    `crashing`: restarted `CRASHING_RESTARTS` times or more in a row and not yet ready for
+    `stable_s` since (whether it is starting again, or waiting out its back-off).
+    """
+    stable = state == "ready" and ready_at is not None and now - ready_at >= stable_s
+    if restarts >= CRASHING_RESTARTS and not stable:
+        return "crashing"
+    if state == "ready":
+        return "up"
+    if state in ("starting", "running"):
+        return "starting"
+    return state
+
+
 def plan(
     desired: Desired,
     observed: Sequence[Observed],
@@ -114,6 +149,7 @@ def plan(
     start_timeout_s: float = 120.0,
     max_surge: int | None = None,
     max_unavailable: int = 0,
+    stable_s: float = STABLE_S,
 ) -> Plan:
     """Compute the steps that move `observed` towards `desired` (see the module docstring).
 
@@ -124,13 +160,15 @@ def plan(
     if max_surge is not None and max_surge <= 0 and max_unavailable <= 0:
         max_surge = 1
     host_state = {h.name: h.state for h in hosts}
+    host_labels = {h.name: h.labels for h in hosts}
     wanted = {p.type: p for p in desired.processes if p.quantity > 0 and desired.image is not None}
     by_type: dict[str, list[Observed]] = {}
     for c in observed:
         by_type.setdefault(c.type, []).append(c)
 
     stops: list[Stop] = []
-    requests: list[tuple[Request, ProcessType, int, int]] = []  # request, type, number, restarts
+    # request, type, number, restarts, how the predecessor ended (state, exit code)
+    requests: list[tuple[Request, ProcessType, int, int, tuple[str, int | None]]] = []
     retry_at: float | None = None
     converged = True
     surviving: dict[str, int] = {}
@@ -142,7 +180,7 @@ def plan(
         current: list[Observed] = []
         old: list[Observed] = []
         crashed: list[Observed] = []  # current release, gone, waiting out the back-off
-        restarts_of: dict[int, int] = {}
+        restarts_of: dict[int, tuple[int, tuple[str, int | None]]] = {}
         for c in containers:
             state_of_host = host_state.get(c.host or "", "down")
             if state_of_host == "down":
@@ -154,15 +192,19 @@ def plan(
                 continue
             if c.state in GONE:
                 if c.release == desired.release and want is not None:
-                    end = (c.finished_at or now) + backoff_s(c.restarts)
+                    in_a_row = streak(c, stable_s)
+                    end = (c.finished_at or now) + backoff_s(in_a_row)
                     if now < end:
                         crashed.append(c)
                         retry_at = end if retry_at is None else min(retry_at, end)
                         continue
-                    restarts_of[c.number] = max(restarts_of.get(c.number, 0), c.restarts + 1)
+                    if in_a_row + 1 > restarts_of.get(c.number, (-1, ("", None)))[0]:
+                        restarts_of[c.number] = (in_a_row + 1, (c.state, c.exit_code))
                 stops.append(Stop(c.id, c.host, f"it is {c.state}"))
                 continue
-            if c.release == desired.release and state_of_host == "ready":
+            fits = want is None or all(
+                host_labels.get(c.host or "", {}).get(k) == v for k, v in want.constraints.items())
+            if c.release == desired.release and state_of_host == "ready" and fits:
                 current.append(c)
             else:
                 old.append(c)
@@ -194,7 +236,8 @@ def plan(
             used.add(number)
             assert want is not None
             req = Request(desired.app, ptype, want.memory_mb, want.cpu, want.constraints)
-            requests.append((req, want, number, restarts_of.get(number, 0)))
+            restarts, last_exit = restarts_of.get(number, (0, ("", None)))
+            requests.append((req, want, number, restarts, last_exit))
         if len(kept) < slots:
             converged = False
 
@@ -204,14 +247,15 @@ def plan(
         if ready_new < quantity or old or crashed:
             converged = False
 
-    assignments = place([r for r, _, _, _ in requests], hosts, {desired.app: surviving})
+    assignments = place([r for r, *_ in requests], hosts, {desired.app: surviving})
     starts: list[Start] = []
     unplaced: list[str] = []
-    for (_, want, number, restarts), a in zip(requests, assignments, strict=True):
+    for (_, want, number, restarts, last_exit), a in zip(requests, assignments, strict=True):
         if a.host is None:
             unplaced.append(a.reason)
             continue
-        starts.append(Start(want.type, number, desired.release, a.host, want.memory_mb, want.cpu, restarts))
+        starts.append(Start(want.type, number, desired.release, a.host, want.memory_mb, want.cpu,
+                            restarts, *last_exit))
     if starts or stops or unplaced:
         converged = False
     return Plan(tuple(starts), tuple(stops), tuple(dict.fromkeys(unplaced)), retry_at, converged)

@@ -47,7 +47,16 @@ from runtime.spec import ContainerSpec, SpecError
 from scheduler import dispatch, oneoff
 from scheduler.conf import SchedulerSettings
 from scheduler.placement import HostCapacity
-from scheduler.planner import LIVE, Desired, Observed, Plan, ProcessType, plan
+from scheduler.planner import (
+    CRASHING_RESTARTS,
+    GONE,
+    LIVE,
+    Desired,
+    Observed,
+    Plan,
+    ProcessType,
+    plan,
+)
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +105,14 @@ def _reconcile_locked(app_id: int, now: float) -> Outcome:
         if app is None:
             return Outcome("gone")
         release = _target_release(app)
+        if release is not None:
+            _supersede_older(app, release)
         # A release phase to run first keeps the release that served before it serving.
         release, phase_running = oneoff.plan_release(app, release, now)
+        rows = list(Container.objects.filter(app=app).select_related("host", "release"))
+        if (release is not None and release.status == ReleaseStatus.PENDING
+                and _fail_if_crashed(app, release, rows)):
+            release, phase_running = oneoff.plan_release(app, _target_release(app), now)
         build = release.build if release is not None else None
         image = build.image_digest if build and build.status == BuildStatus.SUCCEEDED and build.image_digest else None
         # The `release` process type is the release phase's command, never a running process.
@@ -106,23 +121,27 @@ def _reconcile_locked(app_id: int, now: float) -> Outcome:
             app=app.name,
             release=release.version if release is not None else 0,
             image=image,
-            processes=tuple(ProcessType(f.type, f.quantity, f.memory_mb, f.cpu) for f in formation.values()),
+            processes=tuple(
+                ProcessType(f.type, f.quantity, f.memory_mb, f.cpu, _labels(f.constraints))
+                for f in formation.values()
+            ),
         )
-        rows = list(Container.objects.filter(app=app).select_related("host", "release"))
         observed = [
             Observed(
                 id=c.id, type=c.type, number=c.number, release=c.release.version,
                 host=c.host.name if c.host else None, state=c.state, restarts=c.restarts,
                 finished_at=c.finished_at.timestamp() if c.finished_at else None,
                 created_at=c.created_at.timestamp(),
+                ready_at=c.ready_at.timestamp() if c.ready_at else None, exit_code=c.exit_code,
             )
             for c in rows
         ]
         # A spec that reached its agent is `running` within seconds (the image is local, or
         # pulled within the boot timeout); `starting` for longer means it never got there.
+        boot_timeout_s = max([conf.boot_timeout_s, *(f.boot_timeout_s or 0 for f in formation.values())])
         p = plan(desired, observed, _host_capacities(conf.cpu_overcommit), now,
-                 start_timeout_s=conf.boot_timeout_s + 60, max_surge=conf.max_surge,
-                 max_unavailable=conf.max_unavailable)
+                 start_timeout_s=boot_timeout_s + 60, max_surge=conf.max_surge,
+                 max_unavailable=conf.max_unavailable, stable_s=conf.crash_reset_after_s)
         if phase_running:
             p = oneoff.poll_soon(p, now)
         out = Outcome("done", p, release=desired.release if release is not None else None)
@@ -139,13 +158,15 @@ def _reconcile_locked(app_id: int, now: float) -> Outcome:
             cid = f"{app.name}.{s.type[:16]}.{s.number}.{secrets.token_hex(3)}"
             row = Container.objects.create(
                 id=cid, app=app, release=release, type=s.type, number=s.number,
-                host=hosts[s.host], restarts=s.restarts,
+                host=hosts[s.host], restarts=s.restarts, last_exit_state=s.last_exit_state,
+                last_exit_code=s.last_exit_code,
             )
             try:
                 spec = _spec(conf, app, release, build, formation[s.type], row)
             except SpecError as e:
                 log.error("container %s of %s cannot be run: %s", cid, app.name, e)
-                Container.objects.filter(id=cid).update(state="failed", finished_at=timezone.now())
+                Container.objects.filter(id=cid).update(
+                    state="failed", finished_at=timezone.now(), message=f"invalid container spec: {e}"[:500])
                 continue
             specs.append((s.host, spec))
             out.started.append(cid)
@@ -176,25 +197,109 @@ def _effects(app_name: str, app_id: int, specs: list[tuple[str, dict[str, Any]]]
 
 
 def _target_release(app: App) -> Release | None:
-    """The newest release that has not failed: a failed roll-out leaves the previous one serving."""
+    """The newest release that has neither failed nor been superseded: a failed roll-out leaves
+    the last good one serving."""
     return (
-        Release.objects.filter(app=app).exclude(status=ReleaseStatus.FAILED)
+        Release.objects.filter(app=app)
+        .exclude(status__in=[ReleaseStatus.FAILED, ReleaseStatus.SUPERSEDED])
         .select_related("build").order_by("-version").first()
     )
 
 
+def _supersede_older(app: App, release: Release) -> None:
+    """Older releases still waiting for (or running the release phase before) their roll-out
+    never get one now."""
+    Release.objects.filter(
+        app=app, version__lt=release.version,
+        status__in=[ReleaseStatus.PENDING, ReleaseStatus.RELEASING],
+    ).update(status=ReleaseStatus.SUPERSEDED,
+             status_reason=f"{release.name} replaced it before its roll-out converged")
+
+
+def _fail_if_crashed(app: App, release: Release, rows: list[Container]) -> bool:
+    """A container of a release being rolled out never got ready (its check timed out, or it
+    could not be started), or crashed `CRASHING_RESTARTS` times in a row: the release fails with
+    the reason and that container's last output, and the last good release goes on serving.
+    True if it failed."""
+    ended = sorted((c for c in rows if c.release_id == release.pk and c.state in GONE
+                    and (c.state == "failed" or c.restarts + 1 >= CRASHING_RESTARTS)),
+                   key=lambda c: (c.finished_at or c.updated_at, c.type, c.number))
+    if not ended:
+        return False
+    c = ended[0]
+    formation = Formation.objects.filter(app=app, type=c.type).first()
+    release.status = ReleaseStatus.FAILED
+    release.status_reason = failure_reason(c, formation, SchedulerSettings.from_env().boot_timeout_s)
+    release.status_log = "\n".join(last_log_lines(app.name, c))
+    release.save(update_fields=["status", "status_reason", "status_log"])
+    log.warning("release %s of %s failed: %s", release.name, app.name, release.status_reason)
+    return True
+
+
+def failure_reason(c: Container, f: Formation | None, default_boot_timeout_s: int) -> str:
+    """One line on how a container ended, for its release's `status_reason`."""
+    times = f" ({c.restarts + 1} times in a row)" if c.restarts else ""
+    if c.state == "oom":
+        limit = f" ({f.memory_mb} MB)" if f is not None else ""
+        return f"{c.name} ran out of memory{limit}: oom{times}"
+    if c.state == "exited":
+        code = "an unknown code" if c.exit_code is None else f"code {c.exit_code}"
+        return f"{c.name} exited with {code}{times}"
+    if c.message.startswith("not ready"):
+        timeout = (f.boot_timeout_s if f is not None else None) or default_boot_timeout_s
+        if f is not None and f.readiness_path:
+            return f"{c.name} did not answer GET {f.readiness_path} with 2xx or 3xx within {timeout} s"
+        return f"{c.name} did not accept connections on $PORT within {timeout} s"
+    return f"{c.name} failed: {c.message or 'it could not be started'}"
+
+
+LOG_LINES = 20
+LOG_SCAN = 5000  # entries read back from the end of the app's log stream at most
+
+
+def last_log_lines(app_name: str, c: Container, n: int = LOG_LINES) -> list[str]:
+    """The container's last `n` output lines from the app's log stream (tag `app[web.1]`, since
+    it was created), oldest first; none when Redis cannot say."""
+    tag = f"app[{c.name}]".encode()
+    since = c.created_at.timestamp() - 1
+    lines: list[str] = []
+    try:
+        entries = redis_client().xrevrange(f"paas:logs:{app_name}", count=LOG_SCAN)
+    except redis.exceptions.RedisError as e:
+        log.warning("could not read the log of %s: %s", c.id, e)
+        return []
+    for _id, fields in entries:
+        try:
+            t = float(fields.get(b"time", b""))
+        except ValueError:
+            continue
+        if t < since:
+            break
+        if fields.get(b"tag") == tag:
+            lines.append(fields.get(b"line", b"").decode(errors="replace").rstrip("\n"))
+            if len(lines) >= n:
+                break
+    return lines[::-1]
+
+
+def _labels(raw: object) -> dict[str, str]:
+    return {str(k): str(v) for k, v in raw.items()} if isinstance(raw, dict) else {}
+
+
 def _update_release_status(release: Release, p: Plan, rows: list[Container]) -> None:
-    if release.status != ReleaseStatus.PENDING:
+    if release.status not in (ReleaseStatus.PENDING, ReleaseStatus.DEPLOYED):
         return
-    if any(c.release_id == release.pk and c.state == "failed" for c in rows):
-        # A container of a release being rolled out never got ready (or never started): the
-        # release fails; the next run plans the previous release and removes this one's.
-        release.status = ReleaseStatus.FAILED
-        release.save(update_fields=["status"])
-        log.warning("release %s of %s failed: a container never got ready", release.name, release.app_id)
-    elif p.converged:
+    # Containers that fit on no host: say why on the release being rolled out or served.
+    reason = p.unplaced[0] if p.unplaced else ""
+    fields = []
+    if release.status_reason != reason:
+        release.status_reason = reason
+        fields.append("status_reason")
+    if release.status == ReleaseStatus.PENDING and p.converged:
         release.status = ReleaseStatus.DEPLOYED
-        release.save(update_fields=["status"])
+        fields.append("status")
+    if fields:
+        release.save(update_fields=fields)
 
 
 def _host_capacities(cpu_overcommit: int) -> list[HostCapacity]:
@@ -245,7 +350,11 @@ def _spec(conf: SchedulerSettings, app: App, release: Release, build: Build, f: 
     if f.type == "web":
         env["PORT"] = str(conf.web_port)
         raw["port"] = conf.web_port
-        raw["readiness"] = {"type": "tcp", "timeout_s": conf.boot_timeout_s}
+        timeout = f.boot_timeout_s or conf.boot_timeout_s
+        if f.readiness_path:
+            raw["readiness"] = {"type": "http", "path": f.readiness_path, "timeout_s": timeout}
+        else:
+            raw["readiness"] = {"type": "tcp", "timeout_s": timeout}
     return ContainerSpec.from_dict(raw).to_dict()
 
 

@@ -141,7 +141,8 @@ def test_it_runs_an_app_through_config_scale_domains_and_rollback(acme, deployed
     scaled = call(client, "PATCH", "apps/web1/formation",
                   {"updates": [{"type": "web", "quantity": 3, "size": "256M"}]})
     assert scaled.status_code == 200
-    assert scaled.json()[0] == {"type": "web", "quantity": 3, "size": "256M", "memory_mb": 256, "cpu": 1.0}
+    assert scaled.json()[0] == {"type": "web", "quantity": 3, "size": "256M", "memory_mb": 256, "cpu": 1.0,
+                                "constraints": {}, "readiness_path": "", "boot_timeout_s": None}
 
     assert call(client, "POST", "apps/web1/domains", {"hostname": "www.example.com"}).status_code == 201
     assert [d["hostname"] for d in call(client, "GET", "apps/web1/domains").json()] == ["www.example.com"]

@@ -102,6 +102,10 @@ CASES = [
     Case("POST", "hosts", STAFF(201),
          {"name": "h2", "address": "10.0.0.2", "memory_mb": 2048, "cpus": 2}),
     Case("POST", "hosts/h1/drain", STAFF(200), setup=_host),
+    Case("PATCH", "hosts/h1", STAFF(200), {"labels": {"region": "eu"}}, setup=_host),
+    Case("PATCH", "apps/web1/formation", DEPLOY(200),
+         {"updates": [{"type": "web", "constraints": {"region": "eu"}, "readiness_path": "/up",
+                       "boot_timeout_s": 90}]}, id="constraints-readiness"),
 ]
 
 

@@ -82,6 +82,17 @@ def test_it_records_an_exit_code(placed, r) -> None:
     assert (web1.state, web1.exit_code) == ("exited", 3) and web1.finished_at is not None
 
 
+def test_it_records_when_a_container_got_ready_and_why_one_failed(placed, r) -> None:
+    web1, web2 = placed
+    report(r, web1, "ready", address="10.9.0.2:5000")
+    report(r, web2, "failed", message="not ready before its deadline")
+    ingest(r, consumer())
+    web1.refresh_from_db()
+    web2.refresh_from_db()
+    assert web1.ready_at is not None and web1.started_at == web1.ready_at
+    assert (web2.state, web2.message, web2.ready_at) == ("failed", "not ready before its deadline", None)
+
+
 def test_it_ignores_events_for_containers_it_does_not_know(db, r) -> None:
     Reporter(r, "nowhere").event("gone.web.1.abcdef", "exited", exit_code=0)
     assert ingest(r, consumer()).apps == set()

@@ -13,7 +13,7 @@ from core.actions.builds import build_create, build_finish
 from core.actions.config import config_set, config_unset
 from core.actions.domains import domain_add, domain_remove
 from core.actions.formation import formation_scale
-from core.actions.hosts import host_drain, host_register
+from core.actions.hosts import host_drain, host_label, host_register
 from core.actions.releases import release_create, release_rollback
 from core.actions.teams import member_add, member_remove, member_role_set, team_create, team_destroy
 from core.actions.tokens import token_create, token_revoke
@@ -30,6 +30,7 @@ __all__ = [
     "domain_remove",
     "formation_scale",
     "host_drain",
+    "host_label",
     "host_register",
     "member_add",
     "member_remove",

@@ -60,3 +60,35 @@ def host_drain(*, actor: User, host: Host) -> Host:
         audit(actor=actor, action="host.drain", data={"name": host.name})
         enqueue_on_commit(tasks.host_reconcile, host_id=host.pk)
     return host
+
+
+def host_label(*, actor: User, host: Host, changes: dict[str, str | None]) -> Host:
+    """Set (name: value) or remove (name: None) labels of a host; apps then re-place."""
+    from core import tasks
+
+    authz.require_staff(actor, "label hosts")
+    clean = validators.label_changes(changes)
+    with transaction.atomic():
+        host = Host.objects.select_for_update().get(pk=host.pk)
+        labels = dict(host.labels or {})
+        for key, value in clean.items():
+            if value is None:
+                labels.pop(key, None)
+            else:
+                labels[key] = value
+        host.labels = labels
+        host.save(update_fields=["labels"])
+        audit(actor=actor, action="host.label", data={"name": host.name, "changes": clean})
+        # Apps waiting for a host with these labels (and the host's own apps) re-place.
+        for app_id in _apps_to_replace(host):
+            enqueue_on_commit(tasks.app_reconcile, app_id=app_id)
+    return host
+
+
+def _apps_to_replace(host: Host) -> list[int]:
+    from core.models import Container, Formation
+
+    constrained = Formation.objects.filter(quantity__gt=0).exclude(constraints={})
+    on_host = Container.objects.filter(host=host)
+    return sorted(set(constrained.values_list("app_id", flat=True))
+                  | set(on_host.values_list("app_id", flat=True)))

@@ -28,9 +28,18 @@ class Container(models.Model):
     )
     address = models.CharField(max_length=64, blank=True, help_text="ip:port")
     exit_code = models.IntegerField(null=True, blank=True)
-    restarts = models.PositiveIntegerField(default=0)
+    restarts = models.PositiveIntegerField(
+        default=0, help_text="Restarts after crashes in a row (back to 0 once it stays up)."
+    )
+    # How the container this one replaced ended (after a crash): its state and exit code.
+    last_exit_state = models.CharField(max_length=10, blank=True)
+    last_exit_code = models.IntegerField(null=True, blank=True)
+    message = models.CharField(
+        max_length=500, blank=True, help_text="The agent's word on why it failed, if any."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
+    ready_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
     # The host's last heartbeat: resident memory and CPU (% of one core) while it runs.

@@ -12,6 +12,16 @@ class Formation(models.Model):
     size = models.CharField(max_length=10, default="basic")
     memory_mb = models.PositiveIntegerField(default=512)
     cpu = models.FloatField(default=1.0, help_text="CPU shares (1.0 = one core's fair share)")
+    constraints = models.JSONField(
+        default=dict, blank=True, help_text="Host labels every container of the type needs."
+    )
+    readiness_path = models.CharField(
+        max_length=200, blank=True,
+        help_text="HTTP path answered with 2xx/3xx when ready; empty: a TCP connect to $PORT.",
+    )
+    boot_timeout_s = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Seconds to get ready; empty: the platform's default."
+    )
 
     class Meta:
         ordering = ["app_id", "type"]
