@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST := $(VENV)/bin/pytest
 # Debian packages the platform needs on a host, and the extra ones the suite and benchmarks need.
-DEBS_UP := redis-server git iptables gcc libc6-dev python3-venv debootstrap
+DEBS_UP := redis-server git iptables gcc libc6-dev python3-venv python3-dev debootstrap
 DEBS_TEST := $(DEBS_UP) postgresql runc crun wrk nginx-light debootstrap busybox-static chromium
 
 .PHONY: up stack test check lint types bench venv debs-up debs-test clean

@@ -27,6 +27,7 @@ import redis.asyncio as aioredis
 import uvloop
 
 from router.config import RouterConfig
+from router.fastpath import load as load_fast_path
 from router.follow import TableFollower, flush, flush_forever, load_snapshot
 from router.proxy import Worker
 from router.routing import RouteTable
@@ -137,6 +138,8 @@ class Master:
             if config.tls_bind is not None:
                 slot.append(Listener(bind_reuseport(*config.tls_bind), "https", config.tls_bind[1]))
             self.slots.append(slot)
+        if config.fast_path:
+            load_fast_path()  # compiled once here, before the workers fork, rather than in each
         self.workers: dict[int, int] = {}  # pid -> slot, the current generation
         self.retiring: set[int] = set()
         self.stopping = False

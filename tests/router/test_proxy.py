@@ -7,10 +7,20 @@ import hashlib
 import json
 import random
 import socket
+from dataclasses import replace
+
+import pytest
 
 from router.balancer import Balancer
+from tests.router import helpers
 from tests.router.app import App
 from tests.router.helpers import DOMAIN, Client, free_port, get, run, running_router
+
+
+@pytest.fixture(autouse=True, params=["fast", "general"])
+def message_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run every proxy test twice: with the compiled fast path, and with the general path only."""
+    monkeypatch.setattr(helpers, "TEST_CONFIG", replace(helpers.TEST_CONFIG, fast_path=request.param == "fast"))
 
 
 @run
