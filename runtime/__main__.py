@@ -3,19 +3,24 @@
     python -m runtime daemon                      run the daemon (the Procfile's `runtime`)
     python -m runtime doctor                      what this host supports, in plain words
     python -m runtime run [-d] IMAGE [CMD...]     create and start a container (and follow it)
-    python -m runtime ps | exec | logs | stop | rm | images | stacks
+    python -m runtime run -it [--rm] IMAGE -- /bin/sh   an interactive shell in a new container
+    python -m runtime exec [-i] [-t] ID -- CMD... run a command in a running container
+    python -m runtime ps | logs | stop | rm | images | stacks
+    python -m runtime network teardown [--force]  remove the bridge, its iptables rules and state
+    python -m runtime down                        stop every container here, tear the network down
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import secrets
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from runtime.client import DaemonClient, DaemonError, runtime_root
 
@@ -45,11 +50,22 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--pids", type=int, default=256)
     r.add_argument("--cpus", type=float, default=None)
     r.add_argument("--port", type=int, default=None)
-    r.add_argument("--no-network", action="store_true")
+    r.add_argument("--no-network", action="store_true", help="loopback only")
+    r.add_argument("--net", action="store_true", help="on the host's bridge, with NAT (the default)")
+    r.add_argument("-i", "--interactive", action="store_true", help="our stdin is the app's")
+    r.add_argument("-t", "--tty", action="store_true", help="the app runs on a terminal: ours")
+    r.add_argument("--rm", action="store_true", help="remove the container once it has ended")
     sub.add_parser("ps", help="list containers")
     e = sub.add_parser("exec", help="run a command in a running container")
+    e.add_argument("-i", "--interactive", action="store_true", help="our stdin is the command's")
+    e.add_argument("-t", "--tty", action="store_true", help="the command runs on a terminal: ours")
     e.add_argument("id")
     e.add_argument("command", nargs=argparse.REMAINDER)
+    n = sub.add_parser("network", help="the host's container network")
+    nsub = n.add_subparsers(dest="network_cmd", required=True)
+    td = nsub.add_parser("teardown", help="remove the bridge, its iptables rules and its state")
+    td.add_argument("-f", "--force", action="store_true", help="even while containers are attached")
+    sub.add_parser("down", help="stop every container on this host and tear the network down")
     lg = sub.add_parser("logs", help="print a container's logs")
     lg.add_argument("id")
     lg.add_argument("-f", "--follow", action="store_true")
@@ -77,6 +93,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             ok, text = report(root)
             print(text)
             return 0 if ok else 1
+        if args.cmd in ("network", "down"):
+            from runtime.teardown import TeardownError, down, network_teardown
+
+            try:
+                if args.cmd == "down":
+                    return down(root, _host_network_settings())
+                return network_teardown(root, _host_network_settings(), force=args.force)
+            except TeardownError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 1
         return _client_command(root, args)
     except DaemonError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -99,11 +125,7 @@ def _daemon(root: Path, args: argparse.Namespace) -> int:
         from runtime.network import HostNetwork, NetworkError
 
         try:
-            net = HostNetwork(
-                os.environ.get("PAAS_BRIDGE", BRIDGE_DEFAULT),
-                os.environ.get("PAAS_HOST_SUBNET", SUBNET_DEFAULT),
-                root / "network",
-            )
+            net = HostNetwork(*_host_network_settings(), root / "network")
             net.ensure()
             network = net
         except NetworkError as exc:
@@ -128,6 +150,11 @@ def _daemon(root: Path, args: argparse.Namespace) -> int:
     return 0
 
 
+def _host_network_settings() -> tuple[str, str]:
+    """The host network's bridge and subnet: `$PAAS_BRIDGE`, `$PAAS_HOST_SUBNET`."""
+    return os.environ.get("PAAS_BRIDGE", BRIDGE_DEFAULT), os.environ.get("PAAS_HOST_SUBNET", SUBNET_DEFAULT)
+
+
 def _client_command(root: Path, args: argparse.Namespace) -> int:
     client = DaemonClient(root / "daemon.sock")
     if args.cmd == "ps":
@@ -143,9 +170,11 @@ def _client_command(root: Path, args: argparse.Namespace) -> int:
     if args.cmd == "run":
         return _run(root, client, args)
     if args.cmd == "exec":
-        if not args.command:
+        if not _strip_dashes(args.command):
             print("error: exec needs a command", file=sys.stderr)
             return 2
+        if args.interactive or args.tty:
+            return _exec_attached(client, args)
         out = client.exec(args.id, _strip_dashes(args.command))
         sys.stdout.write(out["stdout"])
         sys.stderr.write(out["stderr"])
@@ -184,6 +213,17 @@ def _client_command(root: Path, args: argparse.Namespace) -> int:
     raise AssertionError(args.cmd)
 
 
+def _exec_attached(client: DaemonClient, args: argparse.Namespace) -> int:
+    from runtime import attach
+
+    size = attach.terminal_size(0, 1)
+    env = {"TERM": os.environ.get("TERM", "xterm")} if args.tty else {}
+    with client.exec_session(args.id, _strip_dashes(args.command), env=env, tty=args.tty, size=size) as s:
+        if args.tty:
+            return attach.interact_tty(s, forward_input=args.interactive)
+        return attach.interact_pipes(s)
+
+
 def _strip_dashes(cmd: list[str]) -> list[str]:
     return cmd[1:] if cmd and cmd[0] == "--" else cmd
 
@@ -217,6 +257,11 @@ def _run(root: Path, client: DaemonClient, args: argparse.Namespace) -> int:
         "cpu_quota": args.cpus,
         "network": {"mode": "none" if args.no_network else "bridge", "nat": True},
     }
+    if args.net and args.no_network:
+        print("error: --net and --no-network contradict each other", file=sys.stderr)
+        return 2
+    if args.tty or args.interactive:
+        return _run_attached(root, client, args, spec, image.layers, image.config)
     c = client.create(spec, image.layers, image.config)
     c = client.start(c["id"])
     if args.detach:
@@ -228,7 +273,49 @@ def _run(root: Path, client: DaemonClient, args: argparse.Namespace) -> int:
     final = client.inspect(c["id"])
     if final["state"] == "oom":
         print(f"{c['id']}: killed, out of memory", file=sys.stderr)
+    if args.rm:
+        client.remove(c["id"], force=True)
     return int(final["exit_code"] or 0)
+
+
+def _run_attached(
+    root: Path, client: DaemonClient, args: argparse.Namespace, spec: dict[str, Any],
+    layers: list[Path], config: dict[str, Any],
+) -> int:
+    """`run -t` (a terminal, ours) or `run -i` (our stdin; the output comes from the log)."""
+    import threading
+
+    from runtime import attach
+
+    if args.detach:
+        print("error: -d and -i/-t exclude each other: an attached container lives as long as its session", file=sys.stderr)
+        return 2
+    if args.tty:
+        spec["env"].setdefault("TERM", os.environ.get("TERM", "xterm"))
+    size = attach.terminal_size(0, 1)
+    mode: Literal["tty", "stdin"] = "tty" if args.tty else "stdin"
+    # With -i the output comes from the log, so the container is removed here once it is read.
+    with client.run_attached(spec, layers, config, attach=mode, size=size, remove=args.rm and args.tty) as s:
+        cid = str(s.result["id"])
+        if args.tty:
+            code = attach.interact_tty(s, forward_input=args.interactive)
+        else:
+            def follow() -> None:
+                with contextlib.suppress(DaemonError, OSError):
+                    for item in DaemonClient(root / "daemon.sock").logs(cid, tail=1 << 30, follow=True):
+                        print(item["line"], file=sys.stdout if item["stream"] == "stdout" else sys.stderr, flush=True)
+
+            printer = threading.Thread(target=follow, daemon=True)
+            printer.start()
+            code = attach.interact_stdin(s)
+            printer.join()
+            if args.rm:
+                client.remove(cid, force=True)
+    if code == 128 + 9 and not args.rm:
+        with contextlib.suppress(DaemonError):
+            if client.inspect(cid)["state"] == "oom":
+                print(f"{cid}: killed, out of memory", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

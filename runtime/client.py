@@ -27,6 +27,10 @@ Operations and their results:
     stats    id                                 {"memory_bytes", "memory_limit_bytes", "cpu_ns", "pids"}
     logs     id, tail=100, follow=false         streamed, see below
     events                                      streamed, see below
+    exec_session  id, command, env={},          attached session, see below
+             tty=false, rows=24, cols=80
+    run      ..., attach="tty"|"stdin",         attached session: create, start with the app's
+             rows, cols, remove=false           stdio on a pty or stdin on a pipe
 
 `spec` is a container spec (see `runtime.spec.ContainerSpec`); `layers` the image's read-only
 layer directories, bottom first; `image_config` the image's OCI config object (its `config` part:
@@ -43,14 +47,23 @@ Streamed operations (`logs`, `events`) reply with one line per item, each `{"ok"
 stream lasts until the client closes the connection. A log item is
 `{"time": "<RFC 3339 UTC>", "stream": "stdout"|"stderr", "line": str}`; an event item is
 `{"id", "state", "exit_code", "time"}` (states as in the design's container event contract).
+
+Attached sessions (`exec_session`, `run` with `attach`) pass file descriptors: the first reply
+(`{"ok": true, "result": ...}`) carries them as SCM_RIGHTS ancillary data: the pty's master
+(`tty`), the write end of the app's stdin (`run` with `stdin`) or, for `exec_session` without
+`tty`, the write end of stdin and the read ends of stdout and stderr, in that order. The client
+copies them itself. The last reply, `{"ok": true, "exit_code": int}`, comes when the process has
+ended. Closing the connection ends the session: an exec'd command's session gets SIGHUP (SIGKILL
+two seconds later), an attached `run` container is stopped. See `runtime.sessions`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -189,6 +202,41 @@ class DaemonClient:
     def events(self) -> Iterator[dict[str, Any]]:
         return self._stream({"op": "events"}, timeout=None)
 
+    def exec_session(
+        self,
+        container_id: str,
+        command: Sequence[str],
+        env: Mapping[str, str] | None = None,
+        tty: bool = False,
+        size: tuple[int, int] = (24, 80),
+    ) -> Session:
+        """Start `command` in the container with its stdio handed to us (see `Session`)."""
+        return self._session(
+            {
+                "op": "exec_session", "id": container_id, "command": list(command),
+                "env": dict(env or {}), "tty": tty, "rows": size[0], "cols": size[1],
+            }
+        )
+
+    def run_attached(
+        self,
+        spec: Mapping[str, Any],
+        layers: Sequence[str] | Sequence[Path],
+        image_config: Mapping[str, Any] | None = None,
+        attach: Literal["tty", "stdin"] = "tty",
+        size: tuple[int, int] = (24, 80),
+        remove: bool = False,
+    ) -> Session:
+        """Create and start a container whose app's stdio is ours; it lives as long as the
+        session (closing it stops the container); with `remove` it is removed at the end."""
+        return self._session(
+            {
+                "op": "run", "spec": dict(spec), "layers": [str(p) for p in layers],
+                "image_config": dict(image_config or {}), "attach": attach,
+                "rows": size[0], "cols": size[1], "remove": remove,
+            }
+        )
+
     # -- transport ----------------------------------------------------------------------------
 
     def _connect(self, timeout: float | None) -> socket.socket:
@@ -220,6 +268,80 @@ class DaemonClient:
                     if reply.get("end"):
                         return
                     yield reply["item"]
+
+
+    def _session(self, request: dict[str, Any]) -> Session:
+        sock = self._connect(self.timeout)
+        fds: list[int] = []
+        try:
+            sock.sendall(json.dumps(request).encode() + b"\n")
+            buf = b""
+            while b"\n" not in buf:
+                data, got, _, _ = socket.recv_fds(sock, 1 << 16, 8, socket.MSG_CMSG_CLOEXEC)
+                fds += got
+                if not data:
+                    break
+                buf += data
+            line, _, rest = buf.partition(b"\n")
+            result = _unwrap(line)["result"]
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            sock.close()
+            raise
+        sock.settimeout(None)
+        return Session(sock, result, fds, rest)
+
+
+class Session:
+    """An attached session: `fds` are the process's stdio ends (see the protocol above),
+    `result` the first reply's result; `read_exit` gives the exit code once it has ended."""
+
+    def __init__(self, sock: socket.socket, result: Any, fds: list[int], buffered: bytes = b"") -> None:
+        self.sock = sock
+        self.result = result
+        self.fds = fds
+        self._buf = buffered
+        self.exit_code: int | None = None
+
+    def fileno(self) -> int:
+        """The connection's descriptor: readable when the daemon has something to say."""
+        return self.sock.fileno()
+
+    def read_exit(self) -> int | None:
+        """Read what the daemon sent; return the exit code once it has come (blocks until
+        something can be read)."""
+        if b"\n" not in self._buf:
+            data = self.sock.recv(1 << 16)
+            if not data:
+                raise DaemonError("the runtime daemon closed the session before it ended")
+            self._buf += data
+        if b"\n" not in self._buf:
+            return None
+        line, _, self._buf = self._buf.partition(b"\n")
+        reply = _unwrap(line)
+        self.exit_code = int(reply["exit_code"])
+        return self.exit_code
+
+    def wait(self) -> int:
+        """Block until the process has ended; return its exit code."""
+        while self.exit_code is None:
+            self.read_exit()
+        return self.exit_code
+
+    def close(self) -> None:
+        """Close our ends; a session still running ends (see the protocol above)."""
+        for fd in self.fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.fds = []
+        self.sock.close()
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def _unwrap(raw: bytes) -> dict[str, Any]:

@@ -170,6 +170,7 @@ class Runtime:
         self._pidfds: dict[str, int] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._subscribers: set[asyncio.Queue[dict[str, Any]]] = set()
+        self._stdio_fds: dict[str, int] = {}
         self.containers_dir.mkdir(parents=True, exist_ok=True)
         self.init = init_binary(root)
         self.cgroup_version = cgroups.detect_version(cgroup_root)
@@ -266,13 +267,15 @@ class Runtime:
         self._emit(rec, "created")
         return rec
 
-    async def start(self, cid: object) -> Record:
+    async def start(self, cid: object, stdio: str = "log", size: tuple[int, int] = (24, 80)) -> Record:
+        """Start a created container; `stdio` "tty" or "stdin" attaches the app's stdio (the
+        client's end: `take_stdio_fd`, see `runtime.sessions`), `size` is the pty's rows, cols."""
         rec = self._get(cid)
         async with self._lock(rec.spec.id):
             if rec.state != "created":
                 raise OpError(f"container {rec.spec.id} is {rec.state}; only a created container starts", "conflict")
             try:
-                await self._start(rec)
+                await self._start(rec, stdio, size)
             except OpError as exc:
                 rec.state, rec.error, rec.finished_at = "failed", str(exc), time.time()
                 self._save(rec)
@@ -281,7 +284,11 @@ class Runtime:
                 raise
             return rec
 
-    async def _start(self, rec: Record) -> None:
+    def take_stdio_fd(self, cid: str) -> int | None:
+        """Return (once) the client's end of an attached container's stdio."""
+        return self._stdio_fds.pop(cid, None)
+
+    async def _start(self, rec: Record, stdio: str = "log", size: tuple[int, int] = (24, 80)) -> None:
         spec, paths = rec.spec, self.paths(rec.spec.id)
         layers = [Path(x) for x in rec.layers]
         try:
@@ -313,6 +320,8 @@ class Runtime:
             a for m in spec.mounts
             for a in ("--mount", f"{'ro' if m.readonly else 'rw'}:{m.source}:{m.target}")
         ]
+        if stdio != "log":  # the app's stdio attached: the init sends its end with "ok"
+            net_args += ["--stdio", stdio, "--rows", str(size[0]), "--cols", str(size[1])]
         args = p.init_args(
             self.init, paths, layers, cg.procs_files(), self.log_max_bytes, wait_for_go,
             [*net_args, *mount_args],
@@ -327,7 +336,7 @@ class Runtime:
             self._release(rec)
             raise OpError(f"cannot start the container's init: {exc}", "internal") from None
         ours.setblocking(False)
-        lines = _Lines(ours)
+        lines = _Lines(ours, with_fds=stdio != "log")
         try:
             if prepared is not None:
                 try:
@@ -364,6 +373,8 @@ class Runtime:
             outer = 0
             if not second.startswith("ok "):
                 raise OpError(self._init_failure(second, paths), "invalid")
+            if lines.fds:
+                self._stdio_fds[rec.spec.id] = lines.fds.pop(0)
         except BaseException:
             # Closing our end ends a setup process or init still waiting for us (they read EOF).
             with contextlib.suppress(OSError):
@@ -385,6 +396,8 @@ class Runtime:
             raise
         finally:
             ours.close()
+            for fd in lines.fds:
+                os.close(fd)
         rec.state, rec.started_at = "running", time.time()
         self._save(rec)
         self._watch(rec)
@@ -719,22 +732,45 @@ def _write_etc(etc: Path, cid: str) -> None:
     (etc / "resolv.conf").write_text("\n".join(kept) + "\n")
 
 
+def _set_once(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
 class _Lines:
     """Read lines from a non-blocking socket on the event loop, keeping what comes after one."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, with_fds: bool = False) -> None:
         self.sock = sock
         self.buf = b""
+        self.with_fds = with_fds  # also receive descriptors sent along (SCM_RIGHTS) into `fds`
+        self.fds: list[int] = []
 
     async def readline(self, limit: int = 4096) -> str:
         loop = asyncio.get_running_loop()
         while b"\n" not in self.buf and len(self.buf) < limit:
-            chunk = await loop.sock_recv(self.sock, limit)
+            chunk = await (self._recv_fds(limit) if self.with_fds else loop.sock_recv(self.sock, limit))
             if not chunk:
                 break
             self.buf += chunk
         line, sep, self.buf = self.buf.partition(b"\n")
         return (line + sep).decode(errors="replace")
+
+    async def _recv_fds(self, limit: int) -> bytes:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                data, fds, _, _ = socket.recv_fds(self.sock, limit, 4, socket.MSG_CMSG_CLOEXEC)
+            except BlockingIOError:
+                ready: asyncio.Future[None] = loop.create_future()
+                loop.add_reader(self.sock.fileno(), _set_once, ready)
+                try:
+                    await ready
+                finally:
+                    loop.remove_reader(self.sock.fileno())
+                continue
+            self.fds += fds
+            return data
 
 
 # -- the socket server -------------------------------------------------------------------------
@@ -779,6 +815,12 @@ class Server:
             try:
                 if op in ("logs", "events"):
                     await self._stream(op, req, reader, writer)
+                    return
+                if op == "exec_session" or (op == "run" and req.get("attach") is not None):
+                    from runtime import sessions
+
+                    session = sessions.serve_exec if op == "exec_session" else sessions.serve_run
+                    await session(self.runtime, req, reader, writer)
                     return
                 result = await self._dispatch(op, req)
                 await _reply(writer, {"ok": True, "result": result})

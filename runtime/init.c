@@ -95,6 +95,22 @@ static void die(const char *fmt, ...) {
     _exit(125);
 }
 
+/* How the app's stdio is wired (--stdio): into its log (the default); to a pty whose master the
+ * init sends to the daemon with "ok" (tty: the app gets a controlling terminal); stdin from a
+ * pipe whose write end goes the same way (stdin). exec --stdio tty makes the terminal the daemon
+ * gave as fds 0-2 the command's controlling terminal. exec --session FD: the daemon's end of a
+ * socket; when it closes (its client went away) the command's session is hung up. */
+enum { STDIO_LOG, STDIO_TTY, STDIO_STDIN, STDIO_PIPE };
+static struct { int mode, session; unsigned short rows, cols; } io = {STDIO_LOG, -1, 24, 80};
+
+static int parse_stdio(const char *v) {
+    if (strcmp(v, "log") == 0) return STDIO_LOG;
+    if (strcmp(v, "tty") == 0) return STDIO_TTY;
+    if (strcmp(v, "stdin") == 0) return STDIO_STDIN;
+    if (strcmp(v, "pipe") == 0) return STDIO_PIPE;
+    die("unknown --stdio %s", v);
+}
+
 static void parse(int argc, char **argv) {
     for (int i = 2; i < argc; i++) {
         const char *a = argv[i];
@@ -127,6 +143,10 @@ static void parse(int argc, char **argv) {
             opt.prefixlen = atoi(slash + 1);
         }
         else if (strcmp(a, "--pid") == 0) opt.target = (pid_t)strtol(v, NULL, 10);
+        else if (strcmp(a, "--stdio") == 0) io.mode = parse_stdio(v);
+        else if (strcmp(a, "--session") == 0) io.session = atoi(v);
+        else if (strcmp(a, "--rows") == 0) io.rows = (unsigned short)atoi(v);
+        else if (strcmp(a, "--cols") == 0) io.cols = (unsigned short)atoi(v);
         else if (strcmp(a, "--lower") == 0 && opt.nlowers < MAX_LIST) opt.lowers[opt.nlowers++] = v;
         else if (strcmp(a, "--cgroup") == 0 && opt.ncgroups < MAX_LIST) opt.cgroups[opt.ncgroups++] = v;
         else if (strcmp(a, "--mount") == 0 && opt.nmounts < MAX_LIST) opt.mounts[opt.nmounts++] = v;
@@ -538,6 +558,80 @@ static void read_net_line(void) {
     opt.gateway = gateway;
 }
 
+/* --- terminals and attached stdio ------------------------------------------------------------ */
+
+/* Open a new pty of the devpts instance `ptmx` belongs to, sized, unlocked, its terminal owned by
+ * the app's user; return the master and put the terminal in *slave. */
+static int open_pty(const char *ptmx, int *slave) {
+    int m = open(ptmx, O_RDWR | O_NOCTTY | O_CLOEXEC);
+    if (m < 0) die("open %s: %m", ptmx);
+    int unlock = 0;
+    struct winsize ws = {.ws_row = io.rows, .ws_col = io.cols};
+    if (ioctl(m, TIOCSPTLCK, &unlock) < 0 || ioctl(m, TIOCSWINSZ, &ws) < 0) die("set up the pty: %m");
+    *slave = ioctl(m, TIOCGPTPEER, O_RDWR | O_NOCTTY | O_CLOEXEC);
+    if (*slave < 0) die("open the pty's terminal: %m");
+    if (fchown(*slave, opt.uid, opt.gid) < 0 || fchmod(*slave, 0620) < 0) die("hand the pty to the app: %m");
+    return m;
+}
+
+/* In the app's child, already a session leader: the terminal as fds 0-2 and its controlling
+ * terminal (tty), or the attached pipe as stdin. */
+static void attach_stdio(int term, int in) {
+    if (term >= 0 && (dup2(term, 0) < 0 || dup2(term, 1) < 0 || dup2(term, 2) < 0)) _exit(126);
+    if (in >= 0 && dup2(in, 0) < 0) _exit(126);
+    if (io.mode == STDIO_TTY && ioctl(0, TIOCSCTTY, 0) < 0) {
+        dprintf(2, "paas-init: cannot take the terminal: %s\n", strerror(errno));
+        _exit(126);
+    }
+}
+
+/* Write `line` on the socket, with `fd` attached (SCM_RIGHTS) unless it is negative. */
+static void send_line_fd(int sock, const char *line, int fd) {
+    struct iovec iov = {.iov_base = (void *)line, .iov_len = strlen(line)};
+    union { char buf[CMSG_SPACE(sizeof(int))]; struct cmsghdr align; } u;
+    memset(&u, 0, sizeof u);
+    struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1};
+    if (fd >= 0) {
+        m.msg_control = u.buf;
+        m.msg_controllen = sizeof u.buf;
+        struct cmsghdr *c = CMSG_FIRSTHDR(&m);
+        c->cmsg_level = SOL_SOCKET;
+        c->cmsg_type = SCM_RIGHTS;
+        c->cmsg_len = CMSG_LEN(sizeof(int));
+        memcpy(CMSG_DATA(c), &fd, sizeof fd);
+    }
+    if (sendmsg(sock, &m, MSG_NOSIGNAL) < 0) _exit(125); /* the daemon gave up on us */
+}
+
+/* exec --session: wait for the command; should the daemon's end close first (its client went
+ * away), hang the command's session up: SIGHUP to its process group, SIGKILL two seconds later. */
+static void watch_session(pid_t child) {
+    int nul = open("/dev/null", O_RDWR | O_CLOEXEC);
+    for (int fd = 0; fd < 3; fd++) nul >= 0 ? dup2(nul, fd) : close(fd); /* hold no stdio open */
+    int pfd = (int)syscall(SYS_pidfd_open, child, 0);
+    if (pfd < 0) return;
+    struct pollfd pf[2] = {{pfd, POLLIN, 0}, {io.session, POLLIN, 0}};
+    for (;;) {
+        if (poll(pf, 2, -1) < 0) {
+            if (errno == EINTR) continue;
+            break;
+        }
+        if (pf[0].revents) break;
+        if (pf[1].revents) {
+            char b[64];
+            if (read(io.session, b, sizeof b) > 0) continue;
+            kill(-child, SIGHUP);
+            kill(child, SIGHUP);
+            if (poll(pf, 1, 2000) == 0) {
+                kill(-child, SIGKILL);
+                kill(child, SIGKILL);
+            }
+            break;
+        }
+    }
+    close(pfd);
+}
+
 /* --- PID 1 ---------------------------------------------------------------------------------- */
 
 struct stream { int fd; const char *name; char buf[16384]; size_t len; };
@@ -622,6 +716,9 @@ static void init_main(int joined_fd) {
     if (opt.wait_go && read(sync_fd, &go, 1) != 1) _exit(125); /* the daemon gave up on us */
     int out[2], err[2], ep[2];
     if (pipe2(out, O_CLOEXEC) < 0 || pipe2(err, O_CLOEXEC) < 0 || pipe2(ep, O_CLOEXEC) < 0) die("pipe: %m");
+    int term = -1, slave = -1, in[2] = {-1, -1};
+    if (io.mode == STDIO_TTY) term = open_pty("/dev/pts/ptmx", &slave);
+    if (io.mode == STDIO_STDIN && pipe2(in, O_CLOEXEC) < 0) die("pipe: %m");
     sigset_t set;
     sigfillset(&set);
     sigprocmask(SIG_BLOCK, &set, NULL);
@@ -633,11 +730,14 @@ static void init_main(int joined_fd) {
         setsid();
         int nul = open("/dev/null", O_RDONLY);
         if (nul < 0 || dup2(nul, 0) < 0 || dup2(out[1], 1) < 0 || dup2(err[1], 2) < 0) _exit(126);
+        attach_stdio(slave, in[0]);
         become_app(ep[1]);
     }
     close(out[1]);
     close(err[1]);
     close(ep[1]);
+    if (slave >= 0) close(slave);
+    if (in[0] >= 0) close(in[0]);
     char msg[512];
     ssize_t n = read(ep[0], msg, sizeof msg - 1);
     close(ep[0]);
@@ -645,8 +745,12 @@ static void init_main(int joined_fd) {
         msg[n] = 0;
         dprintf(sync_fd, "error %s\n", msg);
     } else {
-        dprintf(sync_fd, "ok %d\n", app);
+        char ok[32];
+        snprintf(ok, sizeof ok, "ok %d\n", app);
+        send_line_fd(sync_fd, ok, term >= 0 ? term : in[1]); /* the client's end, through the daemon */
     }
+    if (term >= 0) close(term);
+    if (in[1] >= 0) close(in[1]);
     close(sync_fd);
     sync_fd = -1;
     /* The init itself keeps the capabilities it needs to signal the app; no_new_privs and the
@@ -764,15 +868,20 @@ static int exec_main(void) {
     if (child < 0) die("fork: %m");
     if (child == 0) {
         close(ep[0]);
+        if (io.session >= 0 || io.mode == STDIO_TTY) {
+            setsid(); /* a session of its own: its terminal, its process group to hang up */
+            attach_stdio(-1, -1);
+        }
         become_app(ep[1]);
     }
     close(ep[1]);
     char msg[512];
     ssize_t n = read(ep[0], msg, sizeof msg - 1);
-    if (n > 0) {
+    if (n > 0 && strncmp(msg, "cannot run ", 11) != 0) { /* that one the command said itself */
         msg[n] = 0;
         dprintf(2, "paas-init: %s\n", msg);
     }
+    if (io.session >= 0) watch_session(child);
     int st;
     while (waitpid(child, &st, 0) < 0 && errno == EINTR) {}
     return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
