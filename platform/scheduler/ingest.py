@@ -31,7 +31,7 @@ from django.utils import timezone
 
 from core.models import Container, Host, HostState
 from runtime.agent.reports import EVENTS_STREAM, HEARTBEATS_STREAM
-from scheduler import dispatch, oneoff
+from scheduler import applog, dispatch, oneoff
 from scheduler.conf import SchedulerSettings
 
 log = logging.getLogger(__name__)
@@ -172,6 +172,8 @@ def _apply_event(ev: dict[str, str], result: IngestResult) -> None:
             row.message = ev["message"][:500]
             fields.append("message")
     row.save(update_fields=fields)
+    if RANK[state] == 3:  # the scheduler deletes the rows of containers it stops: this one ended
+        applog.write(row.app.name, applog.container_ended(row), row.name)
     result.apps.add(row.app_id)
 
 

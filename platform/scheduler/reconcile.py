@@ -44,7 +44,7 @@ from router.table import (
     route_domain_set,
 )
 from runtime.spec import ContainerSpec, SpecError
-from scheduler import dispatch, oneoff
+from scheduler import applog, dispatch, oneoff
 from scheduler.conf import SchedulerSettings
 from scheduler.placement import HostCapacity
 from scheduler.planner import (
@@ -172,7 +172,11 @@ def _reconcile_locked(app_id: int, now: float) -> Outcome:
             out.started.append(cid)
 
         if release is not None:
+            was = release.status
+            _announce(app.name, release, p, rows, formation)
             _update_release_status(release, p, rows)
+            if release.status != was and release.status == ReleaseStatus.DEPLOYED:
+                applog.write(app.name, f"Release {release.name} is deployed")
         for reason in p.unplaced:
             log.warning("app %s: %s", app.name, reason)
 
@@ -194,6 +198,26 @@ def _effects(app_name: str, app_id: int, specs: list[tuple[str, dict[str, Any]]]
         dispatch.current.run(host, spec)
     for host, cid in stops:
         dispatch.current.stop(host, cid, stop_timeout_s)
+
+
+def _announce(app_name: str, release: Release, p: Plan, rows: list[Container],
+              formation: dict[str, Formation]) -> None:
+    """Say in the app's log what this run does: a roll-out begins, a type is scaled, each
+    container started or stopped."""
+    mine = [c for c in rows if c.release_id == release.pk]
+    starts = [s for s in p.starts if s.release == release.version]
+    if starts and not mine and release.status == ReleaseStatus.PENDING:
+        applog.write(app_name, f"Deploying {release.name}")
+    if release.status == ReleaseStatus.DEPLOYED:
+        stopped = {applog.container_name(st.container_id).split(".")[0] for st in p.stops}
+        for ptype in sorted({s.type for s in starts} | stopped):
+            f = formation.get(ptype)
+            if f is not None and sum(c.type == ptype for c in mine) != f.quantity:
+                applog.write(app_name, f"Scaling {ptype} to {f.quantity}")
+    for s in p.starts:
+        applog.write(app_name, f"Starting (v{s.release}) on {s.host}", f"{s.type}.{s.number}")
+    for st in p.stops:
+        applog.write(app_name, "Stopping", applog.container_name(st.container_id))
 
 
 def _target_release(app: App) -> Release | None:
@@ -233,6 +257,7 @@ def _fail_if_crashed(app: App, release: Release, rows: list[Container]) -> bool:
     release.status_log = "\n".join(last_log_lines(app.name, c))
     release.save(update_fields=["status", "status_reason", "status_log"])
     log.warning("release %s of %s failed: %s", release.name, app.name, release.status_reason)
+    applog.write(app.name, f"Release {release.name} failed: {release.status_reason}")
     return True
 
 

@@ -1,0 +1,67 @@
+"""Platform lines in an app's log stream, next to its containers' own output.
+
+`paas logs` shows what the platform did and saw, Heroku style:
+
+    2026-11-27T23:59:58Z paas[scheduler]: Deploying v5
+    2026-11-27T23:59:59Z paas[web.2]: Starting (v5) on host-a
+    2026-11-28T00:00:03Z paas[web.1]: Exited with code 1
+    2026-11-28T00:00:04Z paas[scheduler]: Release v5 failed: web.1 exited with code 1
+
+Each line is one call of `write` at the place the thing happens. It goes to `paas:logs:<app>`
+(fields `time`, `tag`, `line`, capped near `PAAS_APP_LOG_MAXLEN` entries) once the surrounding
+transaction commits, so a rolled-back (and retried) reconcile or ingestion writes it once. Redis
+being away costs the line, never the caller's work.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+
+import redis
+from django.conf import settings
+from django.db import transaction
+
+from controlplane.env import env_int
+from core.models import Container
+from router.metrics import logs_key
+
+log = logging.getLogger(__name__)
+
+SCHEDULER = "scheduler"
+
+
+@functools.lru_cache(maxsize=4)
+def _client(url: str) -> redis.Redis[bytes]:
+    return redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
+
+
+def write(app: str, line: str, source: str = SCHEDULER) -> None:
+    """Add `paas[<source>]: <line>` to the app's log stream when the transaction commits."""
+    entry = {"time": f"{time.time():.6f}", "tag": f"paas[{source}]", "line": line}
+
+    def send() -> None:
+        maxlen = max(100, env_int("PAAS_APP_LOG_MAXLEN", 10_000))
+        try:
+            _client(str(settings.REDIS_URL)).xadd(logs_key(app), entry,
+                                                  maxlen=maxlen, approximate=True)
+        except redis.RedisError as e:
+            log.warning("could not write to the log of %s (%s): %s", app, line, e)
+
+    transaction.on_commit(send)
+
+
+def container_ended(c: Container, memory_mb: int | None = None) -> str:
+    """How a container ended by itself: `Exited with code 1`, `Was OOM-killed (512 MB)`."""
+    if c.state == "oom":
+        return f"Was OOM-killed ({memory_mb} MB limit)" if memory_mb else "Was OOM-killed"
+    if c.state == "exited":
+        return "Exited" if c.exit_code is None else f"Exited with code {c.exit_code}"
+    return f"Failed: {c.message or 'it could not be started'}"
+
+
+def container_name(container_id: str) -> str:
+    """`web.1` from the reconciler's container ids `<app>.<type>.<n>.<hex>`."""
+    parts = container_id.split(".")
+    return f"{parts[1]}.{parts[2]}" if len(parts) == 4 else container_id
