@@ -11,11 +11,14 @@ running the tiny busybox image's `httpd` as `web=1` is scaled to `web=10` with t
 lists ten endpoints. The control plane's side runs in this process as the scheduler's follower
 does (reconcile, then wait on the agents' report streams).
 
-`failover_s` (as root): three such simulated hosts (each its own daemon, bridge, subnet and
-agent, all in this machine's network namespace), an app at `web=6` spread 2/2/2; one host dies
-(agent, daemon and its containers' processes killed with SIGKILL); the clock stops when six
-containers are ready and routed on the other two. Agents beat every second, and a host is down
-after `PAAS_HOST_DOWN_AFTER_S` (3 here unless set; the platform's default is 30).
+`failover_s` (as root): three simulated hosts, each in a network namespace of its own with its
+own runtime daemon, bridge, container subnet and agent, joined by an underlay (the test suite's
+tests/scheduler/netns_hosts.py); the agents pull the image by digest from the controller's web
+process (gunicorn on the underlay) and route to each other's subnets. An app at `web=6` spreads
+2/2/2; one host dies (agent, daemon and containers killed with SIGKILL, its namespace deleted);
+the clock stops when six containers are ready and routed on the other two. The platform's
+default liveness settings apply: heartbeats every `PAAS_AGENT_HEARTBEAT_S` (3 s), a host down
+after `PAAS_HOST_DOWN_AFTER_S` (10 s), unless those are set.
 
     python bench/scheduler.py [--hosts N] [--containers N] [--rounds N] [--no-scale]
                               [--no-failover] [--json]
@@ -30,6 +33,7 @@ import os
 import random
 import secrets
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -38,6 +42,7 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 # This file is named like the package it measures: take bench/ off the path so that
@@ -107,9 +112,10 @@ def main() -> int:
                 print(f"scale web={SCALE_FROM} -> web={SCALE_TO} on one host, all ready and routed: "
                       f"{real['scale_s']:.2f} s")
             if "failover_s" in real:
-                print(f"failover: web=6 on 3 hosts, one killed, all 6 ready and routed on the others: "
-                      f"{real['failover_s']:.2f} s (heartbeat 1 s, down after "
-                      f"{os.environ['PAAS_HOST_DOWN_AFTER_S']} s)")
+                print(f"failover: web=6 on 3 hosts (network namespaces), one killed, all 6 ready "
+                      f"and routed on the others: {real['failover_s']:.2f} s (heartbeat "
+                      f"{os.environ.get('PAAS_AGENT_HEARTBEAT_S', '3')} s, down after "
+                      f"{os.environ.get('PAAS_HOST_DOWN_AFTER_S', '10')} s)")
             figures.update({k: round(v, 3) for k, v in real.items()})
     if args.json:
         print(json.dumps(figures))
@@ -204,13 +210,14 @@ def measure_real(want_scale: bool, want_failover: bool) -> dict[str, float]:
         ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
          "--appendonly", "no", "--dir", str(work)], stdout=subprocess.DEVNULL)
     figures: dict[str, float] = {}
+    cluster: Any = None
+    web: subprocess.Popen[bytes] | None = None
     try:
         os.environ.update({
             "REDIS_URL": f"redis://127.0.0.1:{port}/0", "PAAS_DATA_DIR": str(work),
             "DATABASE_URL": f"sqlite:///{work}/db.sqlite3",
             "PAAS_SECRET_KEY": "bench-only-" + secrets.token_hex(24),
             "DJANGO_SETTINGS_MODULE": "controlplane.settings",
-            "PAAS_HOST_DOWN_AFTER_S": os.environ.get("PAAS_HOST_DOWN_AFTER_S", "3"),
         })
         import django
 
@@ -276,15 +283,37 @@ def measure_real(want_scale: bool, want_failover: bool) -> dict[str, float]:
             while one.client.list() and time.monotonic() < deadline:
                 follow_once(r, "bench", block_ms=100)
         if want_failover:
-            while len(hosts) < 3:
-                add_host()
-            three = {h.name for h in hosts[-3:]}
+            from runtime.images import ImageStore
+            from runtime.tinyimage import build_tiny_image
+            from tests.scheduler.netns_hosts import Cluster, sweep_leftovers
+
+            sweep_leftovers()
+            cluster = Cluster(redis_url=os.environ["REDIS_URL"], work=work / "mh")
+            cluster.start()
+            controller = ImageStore(work / "runtime" / "images")  # the web process's store
+            image[:] = [controller.resolve(build_tiny_image(controller)).digest]
+            web_port = free_port()
+            web = subprocess.Popen(
+                [str(Path(sys.executable).parent / "gunicorn"), "controlplane.wsgi", "--bind",
+                 f"{cluster.gateway}:{web_port}", "--workers", "1", "--worker-class", "gthread",
+                 "--threads", "4"], cwd=REPO, env=dict(os.environ), stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL, start_new_session=True)
+            cluster.controller_url = f"http://{cluster.gateway}:{web_port}"
+            heartbeat_s = float(os.environ.get("PAAS_AGENT_HEARTBEAT_S", "3"))
+            three: set[str] = set()
+            for _ in range(3):
+                h = cluster.add_host()
+                _host, token = actions.host_register(actor=admin, name=h.name, address=h.address,
+                                                     memory_mb=8192, cpus=2)
+                h.start_agent(token, heartbeat_s)
+                three.add(h.name)
+            cluster.start_routes()
             app = new_app("bench-failover")
             scale(app, 6)
             converge(app, 6, on=three)
             spread = Counter(Container.objects.filter(app=app).values_list("host__name", flat=True))
             print("failover: web=6 placed " + "/".join(str(n) for n in sorted(spread.values())))
-            victim = hosts[-1]
+            victim = cluster.hosts[-1]
             t0 = time.perf_counter()
             victim.kill()
             converge(app, 6, on=three - {victim.name})
@@ -292,6 +321,11 @@ def measure_real(want_scale: bool, want_failover: bool) -> dict[str, float]:
     finally:
         for h in hosts:
             h.close()
+        if web is not None and web.poll() is None:
+            os.killpg(web.pid, signal.SIGTERM)
+            web.wait()
+        if cluster is not None:
+            cluster.teardown()
         redis_proc.terminate()
         redis_proc.wait()
         shutil.rmtree(work, ignore_errors=True)
