@@ -454,6 +454,23 @@ def _last_exit(row: Any) -> str:
     return str(row["last_exit_state"])
 
 
+def _one_offs(api: ApiClient, name: str) -> list[Any]:
+    """The app's running one-offs (`paas run`); none when the server cannot say."""
+    try:
+        runs = api.get(f"/apps/{segment(name)}/runs")
+    except ApiError:
+        return []
+    return runs if isinstance(runs, list) else []
+
+
+def _epoch(value: Any) -> str:
+    import datetime
+
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return datetime.datetime.fromtimestamp(value, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return output.text(value)
+
+
 @cli.command("ps")
 @app_option
 @json_option
@@ -464,8 +481,9 @@ def ps(app: str | None, as_json: bool) -> None:
         formation = api.get(f"/apps/{segment(name)}/formation")
         containers = api.get(f"/apps/{segment(name)}/containers")
         releases = api.get(f"/apps/{segment(name)}/releases")
+        runs = _one_offs(api, name)
     if as_json:
-        output.say(dumps({"formation": formation, "containers": containers}))
+        output.say(dumps({"formation": formation, "containers": containers, "runs": runs}))
         return
     for row in formation if isinstance(formation, list) else []:
         if isinstance(row, dict):
@@ -483,6 +501,14 @@ def ps(app: str | None, as_json: bool) -> None:
         empty=f"{name} has no containers running.",
         formatters={"release": output.release_name, "started_at": output.when},
     )
+    if runs:
+        output.say("")
+        output.print_table(
+            runs, [("name", "ONE-OFF"), ("command", "COMMAND"), ("release", "RELEASE"),
+                   ("host", "HOST"), ("created_at", "STARTED")], empty="",
+            formatters={"command": lambda c: " ".join(map(str, c)) if isinstance(c, list) else output.text(c),
+                        "release": lambda v: f"v{v}", "created_at": _epoch},
+        )
     # The newest release, when it is not simply rolled out: why (pending, failed, unplaced).
     newest = releases[0] if isinstance(releases, list) and releases else None
     if isinstance(newest, dict) and (newest.get("status") != "deployed" or newest.get("status_reason")):

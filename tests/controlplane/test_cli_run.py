@@ -8,6 +8,7 @@ process), so the host and the app's build are recorded through `manage.py shell`
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import secrets
@@ -163,6 +164,10 @@ def test_ctrl_c_stops_the_one_off_while_its_output_streams(platform: Platform) -
         assert proc.stdout.readline() == "started\n"
         running = platform.ours()
         assert len(running) == 1
+        # `paas ps` shows it while it runs.
+        shown = json.loads(platform.paas("ps", "-a", platform.app, "--json").stdout)["runs"]
+        assert [r["id"] for r in shown] == sorted(running) and shown[0]["name"].startswith("run.")
+        assert shown[0]["name"] in platform.paas("ps", "-a", platform.app).stdout
         os.killpg(proc.pid, signal.SIGINT)
         assert proc.wait(timeout=60) == 130
         assert "stopped run." in (proc.stderr.read() if proc.stderr else "")
