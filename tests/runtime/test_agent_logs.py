@@ -11,6 +11,9 @@ import json
 import os
 import secrets
 import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -286,3 +289,31 @@ def test_it_keeps_a_line_in_another_format_whole() -> None:
     when, text = parse_line(b"no timestamp here")
     assert text == "no timestamp here" and float(when) > 0
     assert parse_line(b"2026-11-27T23:59:59.5Z stderr bad \xff") == ("1795823999.500000", "bad \ufffd")
+
+
+@pytest.mark.slow
+def test_the_agent_process_ships_logs_and_resumes_where_it_stopped(host: Host) -> None:
+    web = host.container("web.1")
+    host.write(web, "one", "two")
+    root = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, PAAS_RUNTIME_DIR=str(host.root), PAAS_AGENT_LOG_POLL_S="0.05")
+
+    def agent_until(n: int) -> list[str]:
+        log = (host.root / "agent.log").open("a")
+        proc = subprocess.Popen([sys.executable, "-m", "runtime.agent", "--host", host.name],
+                                cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 60
+            while len(got := [line for _t, line in host.lines()]) < n:
+                assert proc.poll() is None, (host.root / "agent.log").read_text()
+                assert time.monotonic() < deadline, (host.root / "agent.log").read_text()
+                time.sleep(0.05)
+            return got
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+            log.close()
+
+    assert agent_until(2) == ["one", "two"]
+    host.write(web, "three")
+    assert agent_until(3) == ["one", "two", "three"]
