@@ -15,6 +15,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <string.h>
+#include <stdarg.h>
 #include <time.h>
 
 #define MAX_FIELDS 256
@@ -483,7 +484,131 @@ static PyObject *fast_response(PyObject *self, PyObject *const *args, Py_ssize_t
     return Py_BuildValue("(iNnLO)", status, out, rest, length - (long long)rest, close ? Py_False : Py_True);
 }
 
+/* Append a str field; only 1-byte (Latin-1) strings, as every field the proxy records is. */
+static int add_str(PyObject *s, char **o, char *limit)
+{
+    if (s == Py_None) {
+        if (limit - *o < 4) return -2;
+        *o = PUTS(*o, "None");
+        return 0;
+    }
+    if (!PyUnicode_Check(s) || PyUnicode_READY(s) < 0 || PyUnicode_KIND(s) != PyUnicode_1BYTE_KIND) return -1;
+    Py_ssize_t n = PyUnicode_GET_LENGTH(s);
+    if (limit - *o < n) return -2;
+    const Py_UCS1 *d = PyUnicode_1BYTE_DATA(s);
+    for (Py_ssize_t i = 0; i < n; i++) *(*o)++ = d[i] == '\n' ? ' ' : (char)d[i];
+    return 0;
+}
+
+static int add_bytes(PyObject *b, char **o, char *limit)
+{
+    if (!PyBytes_Check(b)) return -1;
+    Py_ssize_t n = PyBytes_GET_SIZE(b);
+    if (limit - *o < n) return -2;
+    const char *d = PyBytes_AS_STRING(b);
+    for (Py_ssize_t i = 0; i < n; i++) *(*o)++ = d[i] == '\n' ? ' ' : d[i];
+    return 0;
+}
+
+static int add_lit(const char *lit, char **o, char *limit)
+{
+    Py_ssize_t n = (Py_ssize_t)strlen(lit);
+    if (limit - *o < n) return -2;
+    *o = put(*o, lit, n);
+    return 0;
+}
+
+static int add_fmt(char **o, char *limit, const char *format, ...)
+{
+    va_list args;
+    va_start(args, format);
+    int n = vsnprintf(*o, (size_t)(limit - *o), format, args);
+    va_end(args);
+    if (n < 0) return -1;
+    if (n >= limit - *o) return -2;
+    *o += n;
+    return 0;
+}
+
+#define TRY(call) do { int rc_ = (call); if (rc_ < 0) return rc_; } while (0)
+
+/* One access-log line, as router.proxy.format_access_line writes it, after "<when>\t".
+ * -1: the entry is not what the proxy records; -2: the buffer is too small. */
+static int add_line(PyObject *entry, char **o, char *limit)
+{
+    if (!PyTuple_Check(entry) || PyTuple_GET_SIZE(entry) != 2) return -1;
+    PyObject *when = PyTuple_GET_ITEM(entry, 0), *f = PyTuple_GET_ITEM(entry, 1);
+    if (!PyFloat_Check(when) || !PyTuple_Check(f) || PyTuple_GET_SIZE(f) != 11) return -1;
+    PyObject *code = PyTuple_GET_ITEM(f, 0), *elapsed = PyTuple_GET_ITEM(f, 7);
+    PyObject *status = PyTuple_GET_ITEM(f, 8), *size = PyTuple_GET_ITEM(f, 9);
+    if (!PyUnicode_Check(code) || !PyFloat_Check(elapsed) || !PyLong_CheckExact(status) || !PyLong_CheckExact(size))
+        return -1;
+    long long status_v = PyLong_AsLongLong(status), size_v = PyLong_AsLongLong(size);
+    if (PyErr_Occurred()) { PyErr_Clear(); return -1; }
+    TRY(add_fmt(o, limit, "%.6f\t", PyFloat_AS_DOUBLE(when)));
+    if (PyUnicode_GET_LENGTH(code)) {
+        TRY(add_lit("at=error code=", o, limit));
+        TRY(add_str(code, o, limit));
+    } else {
+        TRY(add_lit("at=info", o, limit));
+    }
+    TRY(add_lit(" method=", o, limit));
+    TRY(add_bytes(PyTuple_GET_ITEM(f, 1), o, limit));
+    TRY(add_lit(" path=\"", o, limit));
+    TRY(add_bytes(PyTuple_GET_ITEM(f, 2), o, limit));
+    TRY(add_lit("\" host=", o, limit));
+    TRY(add_str(PyTuple_GET_ITEM(f, 3), o, limit));
+    TRY(add_lit(" request_id=", o, limit));
+    TRY(add_str(PyTuple_GET_ITEM(f, 4), o, limit));
+    TRY(add_lit(" fwd=\"", o, limit));
+    TRY(add_str(PyTuple_GET_ITEM(f, 5), o, limit));
+    TRY(add_lit("\" endpoint=", o, limit));
+    TRY(add_str(PyTuple_GET_ITEM(f, 6), o, limit));
+    TRY(add_fmt(o, limit, " service=%.0fms status=%lld bytes=%lld protocol=", PyFloat_AS_DOUBLE(elapsed),
+                status_v, size_v));
+    TRY(add_bytes(PyTuple_GET_ITEM(f, 10), o, limit));
+    return 0;
+}
+
+/* access_lines(entries) -> str or None: "<when>\t<line>" for each (when, fields) entry, joined
+ * by newlines, as router.metrics.Recorder.take sends them; None when an entry holds anything
+ * unexpected, and the caller formats them in Python. */
+static PyObject *access_lines(PyObject *self, PyObject *entries)
+{
+    if (!PyList_Check(entries)) {
+        PyErr_SetString(PyExc_TypeError, "access_lines(entries: list)");
+        return NULL;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(entries);
+    Py_ssize_t capacity = 256 * (n + 1);
+    for (;;) {
+        char *buffer = PyMem_Malloc((size_t)capacity);
+        if (buffer == NULL) return PyErr_NoMemory();
+        char *o = buffer, *limit = buffer + capacity;
+        int overflow = 0, unexpected = 0;
+        for (Py_ssize_t i = 0; i < n; i++) {
+            if (i) {
+                if (o == limit) { overflow = 1; break; }
+                *o++ = '\n';
+            }
+            int rc = add_line(PyList_GET_ITEM(entries, i), &o, limit);
+            if (rc == -2) { overflow = 1; break; }
+            if (rc < 0) { unexpected = 1; break; }
+        }
+        if (!overflow && !unexpected) {
+            PyObject *text = PyUnicode_DecodeLatin1(buffer, o - buffer, NULL);
+            PyMem_Free(buffer);
+            return text;
+        }
+        PyMem_Free(buffer);
+        if (unexpected || capacity > ((Py_ssize_t)1 << 30)) Py_RETURN_NONE;
+        capacity *= 4;
+    }
+}
+
 static PyMethodDef methods[] = {
+    {"access_lines", (PyCFunction)access_lines, METH_O,
+     "Format access-log entries (when, fields) as the Redis script expects them; None if unusual."},
     {"request", (PyCFunction)(void (*)(void))fast_request, METH_FASTCALL,
      "Parse one complete plain request; None when the general path must handle it."},
     {"response", (PyCFunction)(void (*)(void))fast_response, METH_FASTCALL,

@@ -37,6 +37,8 @@ class FastPath(Protocol):
 
     def response(self, data: bytes, via: bytes, client_keep_alive: bool, /) -> ResponseParts | None: ...
 
+    def access_lines(self, entries: list[tuple[float, Any]], /) -> str | None: ...
+
 
 class BuildError(RuntimeError):
     """The extension could not be compiled."""

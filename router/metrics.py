@@ -71,9 +71,13 @@ class Recorder:
         max_lines: int = 50_000,
         clock: Callable[[], float] = time.time,
         formatter: Callable[[Any], str] = str,
+        join_lines: Callable[[list[tuple[float, Any]]], str | None] | None = None,
     ) -> None:
         self.log_maxlen = log_maxlen
         self.formatter = formatter
+        # Formats a whole batch of (time, line) at once, as "<time>\t<line>" joined by newlines
+        # (the compiled fast path does it); None from it means: format them one by one here.
+        self.join_lines = join_lines
         self.max_lines = max_lines
         self.clock = clock
         self.stats: dict[str, list[int]] = {}
@@ -123,16 +127,21 @@ class Recorder:
             commands.append(("EXPIRE", per_minute, MINUTE_TTL))
         # One script call per app and slice rather than one XADD command per request: building
         # thousands of commands in the client costs more than the requests they describe.
-        per_app: dict[str, list[str]] = {}
-        formatter = self.formatter
+        per_app: dict[str, list[tuple[float, object]]] = {}
         for app, when, line in lines:
             entries = per_app.get(app)
             if entries is None:
                 entries = per_app[app] = []
-            entries.append(f"{when:.6f}\t{formatter(line).replace(chr(10), ' ')}")
+            entries.append((when, line))
         for app, entries in per_app.items():
-            commands.append(("EVAL", XADD_LINES, 1, logs_key(app), self.log_maxlen, "\n".join(entries)))
+            text = self.join_lines(entries) if self.join_lines is not None else None
+            if text is None:
+                text = "\n".join(self.format_entry(when, line) for when, line in entries)
+            commands.append(("EVAL", XADD_LINES, 1, logs_key(app), self.log_maxlen, text))
         return commands
+
+    def format_entry(self, when: float, line: object) -> str:
+        return f"{when:.6f}\t{self.formatter(line).replace(chr(10), ' ')}"
 
     def pending(self) -> bool:
         return bool(self.stats or self.lines)

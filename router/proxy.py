@@ -65,15 +65,16 @@ class Worker:
     def __init__(self, config: RouterConfig, table: RouteTable, recorder: Recorder | None = None) -> None:
         self.config = config
         self.table = table
-        self.recorder = recorder or Recorder(log_maxlen=config.log_stream_maxlen, formatter=format_access_line)
+        # The compiled fast path takes the plain requests and responses whole; None keeps every
+        # message on the general path (httptools and router/headers.py).
+        self.fast: FastPath | None = load_fast_path() if config.fast_path else None
+        self.recorder = recorder or Recorder(log_maxlen=config.log_stream_maxlen, formatter=format_access_line,
+                                             join_lines=self.fast.access_lines if self.fast else None)
         self.balancer = Balancer(config.set_aside)
         self.pool: dict[str, list[BackendConnection]] = {}
         self.clients: set[ClientConnection] = set()
         self.draining = False
         self.via = config.via.encode("ascii")
-        # The compiled fast path takes the plain requests and responses whole; None keeps every
-        # message on the general path (httptools and router/headers.py).
-        self.fast: FastPath | None = load_fast_path() if config.fast_path else None
 
     def protocol_factory(self, proto: str, port: int) -> Callable[[], ClientConnection]:
         proto_b, port_b = proto.encode("ascii"), str(port).encode("ascii")
