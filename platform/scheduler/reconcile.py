@@ -55,6 +55,7 @@ from scheduler.planner import (
     Observed,
     Plan,
     ProcessType,
+    backoff_s,
     plan,
 )
 
@@ -283,10 +284,14 @@ LOG_SCAN = 5000  # entries read back from the end of the app's log stream at mos
 
 
 def last_log_lines(app_name: str, c: Container, n: int = LOG_LINES) -> list[str]:
-    """The container's last `n` output lines from the app's log stream (tag `app[web.1]`, since
-    it was created), oldest first; none when Redis cannot say."""
+    """The last `n` output lines of the container and the ones before it in its crash streak,
+    from the app's log stream (tag `app[web.1]`), oldest first; none when Redis cannot say.
+
+    Its predecessors count because the agent ships a container's last lines a moment after it
+    exits, so those of the container that just ended may not be there yet."""
     tag = f"app[{c.name}]".encode()
-    since = c.created_at.timestamp() - 1
+    streak_s = sum(backoff_s(k) + 2 for k in range(c.restarts))
+    since = c.created_at.timestamp() - 1 - streak_s
     lines: list[str] = []
     try:
         entries = redis_client().xrevrange(f"paas:logs:{app_name}", count=LOG_SCAN)

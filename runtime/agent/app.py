@@ -67,6 +67,9 @@ def make_app(settings: AgentSettings, agent: Agent | None = None) -> Celery:
                 },
                 queue=settings.queue,
             )
+        elif result["ok"]:
+            # No port, no readiness check (a worker): running is ready.
+            agent.reporter.event(result["id"], "ready", address=result.get("address") or "")
         return result
 
     @app.task(name="agent.container_stop")  # type: ignore[untyped-decorator]

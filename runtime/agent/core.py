@@ -29,6 +29,16 @@ from runtime.spec import ID_RE, ContainerSpec, SpecError
 log = logging.getLogger("paas.agent")
 
 
+class _KeepRedirects(urllib.request.HTTPRedirectHandler):
+    """Hand a 3xx back as it is instead of following it (and no proxy from the environment)."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+_NO_REDIRECTS = urllib.request.build_opener(urllib.request.ProxyHandler({}), _KeepRedirects())
+
+
 class Agent:
     """Drive the daemon for the control plane and report what happens."""
 
@@ -123,17 +133,18 @@ class Agent:
         return {"ok": True, "id": container_id}
 
     def check_ready(self, container_id: str, address: str, kind: str, path: str) -> bool:
-        """Return whether the container answers: a TCP connect, or an HTTP GET below 500."""
+        """Return whether the container answers: a TCP connect, or an HTTP GET of `path`
+        answered 2xx or 3xx (a redirect is not followed: answering it is being ready)."""
         host, _, port = address.rpartition(":")
         try:
             if kind == "http":
                 url = f"http://{host}:{port}{path}"
-                with urllib.request.urlopen(url, timeout=2) as resp:
-                    return int(resp.status) < 500
+                with _NO_REDIRECTS.open(url, timeout=2) as resp:
+                    return 200 <= int(resp.status) < 400
             with socket.create_connection((host, int(port)), timeout=2):
                 return True
         except urllib.error.HTTPError as e:
-            return e.code < 500
+            return 200 <= e.code < 400
         except (OSError, ValueError):
             return False
 

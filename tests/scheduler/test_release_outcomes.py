@@ -163,7 +163,7 @@ def test_it_names_the_http_check_and_its_timeout_when_a_container_never_answered
 
 def test_it_supersedes_a_release_replaced_before_its_roll_out_converged(
         app, hosts, agents, run, deploy) -> None:
-    v2, old = deployed_once(app, run)
+    _v2, old = deployed_once(app, run)
     v3 = deploy(app)
     run(app)
     v4 = deploy(app)
