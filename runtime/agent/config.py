@@ -91,7 +91,8 @@ class AgentSettings:
         address = env.get("PAAS_HOST_ADDRESS", "")
         if address:
             try:
-                ipaddress.IPv4Address(address)
+                if ipaddress.IPv4Address(address).is_loopback:
+                    address = ""  # one host alone (`make up`): no other host could use it
             except ValueError:
                 raise ConfigError(f"PAAS_HOST_ADDRESS must be an IPv4 address, not {address!r}") from None
         subnet = env.get("PAAS_HOST_SUBNET") or "10.88.0.0/24"

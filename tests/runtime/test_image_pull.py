@@ -282,3 +282,18 @@ def test_the_agent_reports_a_failed_pull_as_a_failed_event_and_runs_nothing(
         assert not store.exists(digest) and list(store.tmp.iterdir()) == []
     finally:
         daemon.close()
+
+
+def test_the_agents_settings_refuse_a_controller_url_or_address_it_cannot_use() -> None:
+    from runtime.agent.config import ConfigError
+
+    base = {"REDIS_URL": "redis://127.0.0.1:6379/0", "PAAS_RUNTIME_DIR": "/nonexistent"}
+    with pytest.raises(ConfigError, match="PAAS_CONTROLLER_URL must be the controller's http"):
+        AgentSettings.from_env({**base, "PAAS_CONTROLLER_URL": "controller:8000"}, host="h1")
+    with pytest.raises(ConfigError, match="PAAS_HOST_ADDRESS must be an IPv4 address"):
+        AgentSettings.from_env({**base, "PAAS_HOST_ADDRESS": "host-a"}, host="h1")
+    with pytest.raises(ConfigError, match="PAAS_HOST_SUBNET must be an IPv4 subnet"):
+        AgentSettings.from_env({**base, "PAAS_HOST_SUBNET": "10.1.2.3/33"}, host="h1")
+    ok = AgentSettings.from_env({**base, "PAAS_CONTROLLER_URL": "http://c:8000/",
+                                 "PAAS_HOST_ADDRESS": "127.0.0.1"}, host="h1")
+    assert ok.controller_url == "http://c:8000" and ok.host_address == ""  # loopback: no routes
