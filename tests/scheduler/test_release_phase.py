@@ -177,3 +177,20 @@ def test_the_release_process_type_is_never_run_as_a_long_running_process(
     agent_writes(r, agents.oneoffs[0][1]["id"], [], 0)
     run(app)
     assert {spec["process_type"] for _, spec in agents.runs} == {"web"}
+
+
+def test_the_exit_event_of_a_release_phase_has_its_app_reconciled(
+        app, hosts, member, agents: RecordingDispatcher, run, r) -> None:
+    import secrets
+    import time
+
+    from runtime.agent.reports import EVENTS_STREAM
+    from scheduler.ingest import ingest
+
+    serve(app, run)
+    deploy_with_release_phase(member, app)
+    run(app)
+    host, spec, _timeout = agents.oneoffs[0]
+    r.xadd(EVENTS_STREAM, {"host": host, "id": spec["id"], "state": "exited", "exit_code": "0",
+                           "time": str(time.time())})
+    assert app.pk in ingest(r, consumer=f"t-{secrets.token_hex(3)}").apps

@@ -1,0 +1,94 @@
+"""The agent's side of a one-off with a real runtime daemon and redis-server (no Celery): the
+output stream, the exit entry, the time limit, the removal, and a spec it cannot run."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from runtime.agent.config import AgentSettings
+from runtime.agent.core import Agent
+from runtime.agent.oneoff import run_oneoff, run_stream
+from runtime.agent.reports import Reporter
+from runtime.images import ImageStore
+from runtime.tinyimage import build_tiny_image
+from tests.runtime.daemon_fixtures import Daemon
+
+pytestmark = [pytest.mark.root, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    if os.geteuid() != 0:
+        pytest.fail("this test needs root (it runs real containers)")
+    d = Daemon(tmp_path_factory.mktemp("oneoff-runtime"))
+    d.start()
+    try:
+        yield d
+    finally:
+        d.cleanup()
+        d.stop()
+
+
+@pytest.fixture
+def agent(daemon: Daemon, r: redis.Redis) -> Agent:
+    settings = AgentSettings(redis_url=os.environ["REDIS_URL"], host=f"t-{secrets.token_hex(3)}",
+                             runtime_root=Path(daemon.root), daemon_socket=daemon.root / "daemon.sock")
+    return Agent(settings, Reporter(r, settings.host))
+
+
+@pytest.fixture
+def image(daemon: Daemon) -> str:
+    store = ImageStore(daemon.root / "images")
+    return store.resolve(build_tiny_image(store)).digest
+
+
+def spec(daemon: Daemon, image: str, command: list[str]) -> dict[str, Any]:
+    cid = f"a{secrets.token_hex(3)}.run.1.{secrets.token_hex(3)}"
+    daemon.made.append(cid)
+    return {"id": cid, "app": cid.split(".")[0], "release": 1, "process_type": "run", "image": image,
+            "command": command, "env": {"GREETING": "hi"}, "memory_mb": 64, "pids_limit": 64,
+            "network": {"mode": "none", "nat": False}}
+
+
+def entries(r: redis.Redis, cid: str) -> list[dict[str, str]]:
+    return [{k.decode(): v.decode() for k, v in f.items()} for _i, f in r.xrange(run_stream(cid))]
+
+
+def test_it_streams_the_lines_then_the_exit_and_removes_the_container(
+        daemon: Daemon, agent: Agent, image: str, r: redis.Redis) -> None:
+    s = spec(daemon, image, ["/bin/sh", "-c", "echo $GREETING; echo two >&2; echo three; exit 7"])
+    result = run_oneoff(agent, s, timeout_s=60)
+    assert result["exit_code"] == 7
+    got = entries(r, s["id"])
+    assert [e.get("state") for e in got[:2]] == ["starting", "running"]
+    # Each stream in order (the two pipes are read side by side, so not interleaved exactly).
+    assert [e["line"] for e in got if e.get("stream") == "stdout"] == ["hi", "three"]
+    assert [e["line"] for e in got if e.get("stream") == "stderr"] == ["two"]
+    assert got[-1]["exit"] == "7" and got[-1]["message"] == ""
+    assert 0 < r.ttl(run_stream(s["id"])) <= 3600
+    assert s["id"] not in {c["id"] for c in daemon.client.list()}
+
+
+def test_it_stops_a_one_off_at_its_time_limit(daemon: Daemon, agent: Agent, image: str, r: redis.Redis) -> None:
+    s = spec(daemon, image, ["/bin/sh", "-c", "echo waiting; exec sleep 100"])
+    result = run_oneoff(agent, s, timeout_s=1)
+    assert result["message"] == "it was stopped after its time limit of 1 s"
+    last = entries(r, s["id"])[-1]
+    assert last["exit"] not in ("", "0") and last["message"] == result["message"]
+    assert s["id"] not in {c["id"] for c in daemon.client.list()}
+
+
+def test_it_ends_the_stream_with_the_reason_when_the_image_is_missing(
+        daemon: Daemon, agent: Agent, r: redis.Redis) -> None:
+    s = spec(daemon, "sha256:" + "1" * 64, ["true"])
+    result = run_oneoff(agent, s, timeout_s=60)
+    assert result["ok"] is False
+    last = entries(r, s["id"])[-1]
+    assert last["exit"] == "" and "not found" in last["message"]
