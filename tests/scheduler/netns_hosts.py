@@ -230,6 +230,9 @@ class Cluster:
     relay: Relay | None = None
     routes_proc: subprocess.Popen[bytes] | None = None
     controller_url: str = ""
+    # Processes of the root namespace this cluster started (pid, a word of their command line),
+    # so a sweep after a crash can end them without touching a process that reused the pid.
+    root_procs: list[tuple[int, str]] = field(default_factory=list)
     underlay_net: str = field(init=False)
     gateway: str = field(init=False)
     subnet_base: tuple[int, int] = field(init=False)
@@ -264,7 +267,13 @@ class Cluster:
             "pid": os.getpid(), "tag": self.tag, "work": str(self.work),
             "subnets": [h.subnet for h in self.hosts], "routes_state": str(self.routes_state),
             "hosts": [{"netns": h.netns, "root": str(h.root)} for h in self.hosts],
+            "procs": self.root_procs,
         }))
+
+    def own(self, proc: subprocess.Popen[bytes], word: str) -> None:
+        """Record a root-namespace process of the cluster's, for `sweep_leftovers`."""
+        self.root_procs.append((proc.pid, word))
+        self._record()
 
     def start(self) -> None:
         """The underlay bridge with the controller's address, and the Redis relay on it."""
@@ -311,6 +320,7 @@ class Cluster:
              "--interval", str(interval_s)],
             cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
+        self.own(self.routes_proc, "runtime.hostroutes")
 
     def logs(self) -> str:
         return "\n".join(h.log_tail() for h in self.hosts)
@@ -355,6 +365,8 @@ def sweep_leftovers() -> list[str]:
         if _pid_alive(int(data.get("pid", 0))):
             continue
         tag = str(data["tag"])
+        for pid, word in data.get("procs", []):
+            _kill_if(int(pid), str(word))
         from runtime import cgroups
 
         for h in data.get("hosts", []):
@@ -374,6 +386,17 @@ def sweep_leftovers() -> list[str]:
         f.unlink()
         swept.append(tag)
     return swept
+
+
+def _kill_if(pid: int, word: str) -> None:
+    """SIGKILL `pid` if it still runs a command mentioning `word` (not a reused pid)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return
+    if word in cmdline:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def _kill_processes_in_netns(netns: str) -> None:

@@ -82,6 +82,7 @@ def router(cluster: Cluster) -> Iterator[str]:
     proc = subprocess.Popen([sys.executable, "-m", "router"], cwd=REPO, env=env, stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True)
     log.close()
+    cluster.own(proc, "router")
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
@@ -227,15 +228,17 @@ def test_it_sweeps_away_what_a_crashed_run_left() -> None:
     try:
         c.start()
         h = c.add_host()
+        c.start_routes()
         assert leftovers(c.tag)
         # Pretend the process that made it is gone: a pid that cannot be alive.
         data = c.state_file.read_text().replace(f'"pid": {os.getpid()}', '"pid": 999999999')
         c.state_file.write_text(data)
         if c.relay is not None:
             c.relay.close()
-        assert h.daemon is not None
+        assert h.daemon is not None and c.routes_proc is not None
         assert c.tag in sweep_leftovers()
         h.daemon.wait(30)
+        c.routes_proc.wait(30)
         assert leftovers(c.tag) == [] and not c.state_file.exists() and not work.exists()
     finally:
         c.teardown()
