@@ -1,7 +1,8 @@
 """Build a source directory on this host: `python -m builder SOURCE_DIR [options]`.
 
 A tool for buildpack authors and for measuring builds; the platform itself builds through the
-control plane. Commands run with the host executor (no isolation).
+control plane. Commands run with the host executor (no isolation) unless `--executor runtime`
+asks for a build container on this host's runtime daemon (root; the stack must be built).
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from pathlib import Path
 
 from builder.buildpack import BuildRequest, build
 from builder.errors import BuildError
-from builder.executor import HostExecutor
+from builder.executor import Executor, HostExecutor, RuntimeExecutor
+from runtime.client import DaemonClient, DaemonError, runtime_root
+from runtime.images import ImageError, ImageStore
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,6 +33,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=900.0, help="build deadline in seconds")
     parser.add_argument("--keep", type=Path, help="keep the work directory here (must not exist)")
     parser.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
+    parser.add_argument("--executor", choices=("host", "runtime"), default="host",
+                        help="where steps run: on this host (default) or in a runtime build container")
+    parser.add_argument("--stack", default="stack:debian-13",
+                        help="stack image for --executor runtime (default stack:debian-13)")
     args = parser.parse_args(argv)
 
     config: dict[str, str] = {}
@@ -38,6 +45,11 @@ def main(argv: list[str] | None = None) -> int:
         if not sep:
             parser.error(f"--env wants KEY=VALUE, not {item!r}")
         config[key] = value
+    try:
+        executor = _executor(args.executor, args.stack, args.app)
+    except (ImageError, BuildError) as e:
+        print(f" !     {e}", file=sys.stderr)
+        return 1
     scratch = Path(tempfile.mkdtemp(prefix="paas-build-"))
     work = args.keep or scratch / "work"
     cache = args.cache or scratch / "cache"
@@ -49,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
                 config=config, buildpacks=args.buildpack, timeout=args.timeout,
                 allow_local_buildpacks=True,
             ),
-            HostExecutor(),
+            executor,
             lambda line: print(line, flush=True),
         )
     except BuildError as e:
@@ -67,6 +79,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(summary))
     return 0
+
+
+def _executor(kind: str, stack: str, app: str) -> Executor:
+    if kind == "host":
+        return HostExecutor()
+    client = DaemonClient()
+    try:
+        client.ping()
+    except (DaemonError, OSError) as e:
+        raise BuildError(f"--executor runtime needs the runtime daemon: {e}") from None
+    image = ImageStore(runtime_root() / "images").resolve(stack)
+    return RuntimeExecutor(client, image.digest, image.layers, image.config, app=app)
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ from runtime.images import ImageError, ImageStore
 log = logging.getLogger(__name__)
 
 DEFAULT_STACK = "stack:debian-13"
+DEFAULT_CA_CERTS = "/etc/ssl/certs"
 
 
 class ClientGone(Exception):
@@ -123,7 +124,22 @@ def build_executor(app: str, build_id: str, store: ImageStore, stack: str) -> Ex
         pids_limit=env_int("PAAS_BUILD_PIDS", ContainerLimits.pids_limit),
     )
     return RuntimeExecutor(client, image.digest, image.layers, image.config, app=app,
-                           build_id=build_id, limits=limits)
+                           build_id=build_id, limits=limits, ca_certs=build_ca_certs())
+
+
+def build_ca_certs() -> Path | None:
+    """PAAS_BUILD_CA_CERTS: the host's CA certificates that build containers trust.
+
+    Default `/etc/ssl/certs` when it has a `ca-certificates.crt` (so a host behind a
+    TLS-inspecting proxy can still reach the package registries); `none` keeps the stack's own.
+    """
+    value = env_str("PAAS_BUILD_CA_CERTS", DEFAULT_CA_CERTS)
+    if value.lower() == "none" or not value:
+        return None
+    path = Path(value)
+    if value == DEFAULT_CA_CERTS and not (path / "ca-certificates.crt").is_file():
+        return None
+    return path
 
 
 def image_store() -> ImageStore:
@@ -171,6 +187,12 @@ def run_build(*, app: App, user: object, commit: str, repo: Path,
             raise BuildError(f"The stack image {stack!r} is not on this host; build it with "
                              f"`python -m runtime.stacks build {stack.removeprefix('stack:')}`.")
         checkout(repo, commit, scratch / "src")
+        executor = build_executor(app.name, str(record.pk), store, stack)
+        if isinstance(executor, RuntimeExecutor):
+            lim = executor.limits
+            cpus = f"{lim.cpu_quota:g} CPUs" if lim.cpu_quota else "all CPUs"
+            out(f"-----> Building in an isolated build container ({lim.memory_mb} MiB, {cpus}, "
+                f"{lim.pids_limit} processes)")
         result = build(
             BuildRequest(
                 app=app.name, source_dir=scratch / "src", work_dir=scratch / "work",
@@ -178,7 +200,7 @@ def run_build(*, app: App, user: object, commit: str, repo: Path,
                 build_id=str(record.pk), commit=commit, stack=stack.removeprefix("stack:"),
                 timeout=timeout, progress_interval=progress,
             ),
-            CancellableExecutor(build_executor(app.name, str(record.pk), store, stack), cancelled),
+            CancellableExecutor(executor, cancelled),
             out,
         )
         out("-----> Assembling the image")

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from builder.errors import BuildError
-from builder.executor import HostExecutor, Limits, StepTimeout
+from builder.executor import HostExecutor, Limits, StepTimeout, executor_mode
 
 from .conftest import BUILD_USER, pid_gone
 
@@ -127,3 +127,33 @@ def test_it_refuses_a_build_user_without_root(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     with pytest.raises(ValueError, match=r"running build steps as another user needs root"):
         HostExecutor(owner=BUILD_USER)
+
+
+def test_it_builds_on_the_runtime_when_root_and_the_daemon_answers() -> None:
+    assert executor_mode("", lambda: True, is_root=True) == "runtime"
+    assert executor_mode("auto", lambda: True, is_root=True) == "runtime"
+
+
+def test_it_builds_on_the_host_without_root_or_without_a_daemon() -> None:
+    assert executor_mode("", lambda: True, is_root=False) == "host"
+    assert executor_mode("", lambda: False, is_root=True) == "host"
+
+
+def test_it_builds_on_the_host_when_told_to_even_with_a_daemon() -> None:
+    asked: list[bool] = []
+    assert executor_mode("host", lambda: asked.append(True) or True, is_root=True) == "host"
+    assert asked == []
+
+
+def test_it_says_what_to_do_when_the_runtime_is_asked_for_but_absent() -> None:
+    with pytest.raises(BuildError) as err:
+        executor_mode("runtime", lambda: False, is_root=True)
+    assert str(err.value) == (
+        "PAAS_BUILD_EXECUTOR=runtime, but the runtime daemon does not answer; start it "
+        "(as root, `make up`) or set PAAS_BUILD_EXECUTOR=host."
+    )
+
+
+def test_it_refuses_an_unknown_executor_setting() -> None:
+    with pytest.raises(BuildError, match="PAAS_BUILD_EXECUTOR must be host, runtime or auto, not 'docker'"):
+        executor_mode("docker", lambda: True, is_root=True)

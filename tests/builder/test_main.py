@@ -27,3 +27,15 @@ def test_it_prints_a_build_error_without_a_traceback(tmp_path: Path) -> None:
     proc = run(str(tmp_path), "--cache", str(tmp_path / "cache"))
     assert proc.returncode == 1
     assert proc.stderr == " !     Procfile line 1: expected `type: command`, got 'web'\n"
+
+
+def test_it_says_when_a_build_container_is_asked_for_but_no_daemon_runs(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "builder", str(APPS / "static"), "--executor", "runtime"],
+        capture_output=True, text=True, check=False, env={"PATH": "/usr/bin:/bin", "PAAS_DATA_DIR": str(tmp_path)},
+    )
+    assert proc.returncode == 1
+    assert proc.stderr == (
+        " !     --executor runtime needs the runtime daemon: the runtime daemon is not running "
+        f"(no answer on {tmp_path}/runtime/daemon.sock)\n"
+    )

@@ -3,6 +3,7 @@ the tiny busybox image as the build stack, and people who push to it with the re
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -11,7 +12,7 @@ import subprocess
 import sys
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,8 +55,11 @@ class Server:
         return json.loads(self.shell(code + "\nimport json; print(json.dumps(out))").splitlines()[-1])
 
 
-@pytest.fixture(scope="session")
-def server() -> Iterator[Server]:
+@contextlib.contextmanager
+def running_server(extra_env: dict[str, str] | None = None,
+                   prepare: Callable[[Path], None] | None = None) -> Iterator[Server]:
+    """Run the control plane in a throw-away data dir; `prepare(data_dir)` runs before the web
+    process starts (by default it puts the tiny image in the store as the build stack)."""
     work = Path(tempfile.mkdtemp(prefix="paas-git-"))
     port, redis_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items()
@@ -68,6 +72,7 @@ def server() -> Iterator[Server]:
         "PAAS_BUILD_PROGRESS_S": "1",
         "PAAS_GIT_MAX_REPO_MB": "24",
         "PAAS_DOMAIN": "apps.test",
+        **(extra_env or {}),
     })
     redis = subprocess.Popen(
         ["redis-server", "--bind", "127.0.0.1", "--port", str(redis_port), "--dir", str(work),
@@ -80,12 +85,15 @@ def server() -> Iterator[Server]:
         srv = Server(url=f"http://127.0.0.1:{port}", env=env, data=work / "data", log=log_path)
         subprocess.run([sys.executable, str(ROOT / "manage.py"), "migrate", "--verbosity", "0"],
                        cwd=ROOT, env=env, check=True, timeout=120)
-        subprocess.run(
-            [sys.executable, "-c", "import sys; from pathlib import Path; "
-             "from runtime.images import ImageStore; from runtime.tinyimage import build_tiny_image;"
-             "build_tiny_image(ImageStore(Path(sys.argv[1])))", str(work / "data/runtime/images")],
-            env=env, check=True, timeout=120,
-        )
+        if prepare is not None:
+            prepare(work / "data")
+        else:
+            subprocess.run(
+                [sys.executable, "-c", "import sys; from pathlib import Path; "
+                 "from runtime.images import ImageStore; from runtime.tinyimage import build_tiny_image;"
+                 "build_tiny_image(ImageStore(Path(sys.argv[1])))", str(work / "data/runtime/images")],
+                env=env, check=True, timeout=120,
+            )
         web = subprocess.Popen(
             [str(BIN / "gunicorn"), "controlplane.wsgi", "--bind", f"127.0.0.1:{port}",
              "--workers", "1", "--worker-class", "gthread", "--threads", "6", "--timeout", "120"],
@@ -101,6 +109,12 @@ def server() -> Iterator[Server]:
         shutil.rmtree(work, ignore_errors=True)
 
 
+@pytest.fixture(scope="session")
+def server() -> Iterator[Server]:
+    with running_server() as srv:
+        yield srv
+
+
 @dataclass
 class Team:
     """A team with an app, an owner who may deploy and a viewer who may not."""
@@ -114,6 +128,10 @@ class Team:
 
 @pytest.fixture
 def team(server: Server) -> Team:
+    return make_team(server)
+
+
+def make_team(server: Server) -> Team:
     app, owner, viewer, tname = unique("app"), unique("own"), unique("view"), unique("team")
     tokens = server.query(
         "from core.actions import token_create, user_create, team_create, member_add, app_create\n"
