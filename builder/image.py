@@ -1,4 +1,7 @@
-"""Assemble the app's OCI image: the stack image's layers, then the slug layer, then config.
+"""Assemble the app's OCI image: the stack image's layers, then the slug's layers, then config.
+
+A layer blob the store already holds (the dependency layer of the last build, unchanged) is not
+copied in again, and the store does not unpack it again either.
 
 The store is the runtime's image store (`runtime.images.ImageStore`); the builder only needs the
 few methods in `Store`, so it does not import the runtime.
@@ -19,6 +22,8 @@ class Store(Protocol):
 
     def put_blob_file(self, path: Path) -> tuple[str, int]: ...
 
+    def has_blob(self, digest: str) -> bool: ...
+
     def manifest(self, ref: str) -> tuple[str, dict[str, Any]]: ...
 
     def read_json_blob(self, digest: str) -> dict[str, Any]: ...
@@ -38,18 +43,20 @@ def assemble_image(
     """Add the image `stack` + `slug` to `store` under `reference`; return its manifest digest.
 
     `fragment` is the config from `builder.slug.image_config`: its Env entries override the
-    stack's by name, its labels are added, and the slug's diff_id goes on top of the stack's.
+    stack's by name, its labels are added, and the slug's diff_ids go on top of the stack's.
     """
     try:
         _digest, manifest = store.manifest(stack)
     except Exception as e:  # the store's errors carry a user-fit message
         raise BuildError(f"The stack image {stack!r} is not available: {e}") from None
     stack_config = store.read_json_blob(manifest["config"]["digest"])
-    digest, _size = store.put_blob_file(slug.path)
-    if digest != slug.digest:
-        raise BuildError(f"the slug changed after it was packed ({slug.digest} became {digest})")
     layers = [(str(ly["digest"]), int(ly["size"]), str(ly["mediaType"])) for ly in manifest["layers"]]
-    layers.append((slug.digest, slug.size, slug.media_type))
+    for layer in slug.layers:
+        if not store.has_blob(layer.digest):
+            digest, _size = store.put_blob_file(layer.path)
+            if digest != layer.digest:
+                raise BuildError(f"the slug changed after it was packed ({layer.digest} became {digest})")
+        layers.append((layer.digest, layer.layer_size, layer.media_type))
     config = merge_config(stack_config, fragment)
     return store.add_image(reference, layers, config)
 
