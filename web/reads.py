@@ -79,7 +79,7 @@ def app_status(
     if down:
         names = ", ".join(sorted(c.name for c in down)[:5])
         return Status("crashing", "crashing", "bad", f"Stopped or failed: {names}.")
-    if building or release_status == ReleaseStatus.PENDING:
+    if building or release_status in (ReleaseStatus.PENDING, ReleaseStatus.RELEASING):
         what = "a build is running" if building else "a release is rolling out"
         return Status("deploying", "deploying", "info", f"Deploying: {what}.")
     if release_status == ReleaseStatus.FAILED:

@@ -17,9 +17,31 @@ _STATE_CSS = {
     "ready": "ok", "running": "ok", "deployed": "ok", "succeeded": "ok",
     "starting": "warn", "pending": "info", "draining": "warn",
     "exited": "bad", "failed": "bad", "oom": "bad", "down": "bad",
+    "up": "ok", "crashing": "bad", "releasing": "info", "superseded": "idle",
     # A badge style given directly.
     "ok": "ok", "warn": "warn", "bad": "bad", "info": "info", "idle": "idle",
 }
+
+
+@register.filter
+def container_status(c: Any) -> str:
+    """What `paas ps` calls a container: up, starting, crashing, or how it ended."""
+    from scheduler.conf import SchedulerSettings
+    from scheduler.planner import status
+
+    ready_at = c.ready_at.timestamp() if c.ready_at else None
+    return status(c.state, c.restarts, ready_at, timezone.now().timestamp(),
+                  float(SchedulerSettings.from_env().crash_reset_after_s))
+
+
+@register.filter
+def last_exit(c: Any) -> str:
+    """How the container a crash replaced ended: `code 1`, `oom`, or empty."""
+    if not c.last_exit_state:
+        return ""
+    if c.last_exit_state == "exited":
+        return "exited" if c.last_exit_code is None else f"code {c.last_exit_code}"
+    return str(c.last_exit_state)
 
 
 @register.inclusion_tag("web/partials/chart.html")
