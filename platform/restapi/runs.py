@@ -2,7 +2,8 @@
 
 The output endpoint streams one JSON object per line, flushed as the run's agent writes them
 (see `scheduler.oneoff.follow`): `{"state": ...}`, `{"stream", "line", "time"}` per output line,
-and last `{"exit": <code or null>, "message"}`. It holds one web thread while it follows.
+and last `{"exit": <code or null>, "message"}`; an empty line every 15 s while the run is quiet.
+It holds one web thread while it follows.
 """
 
 from __future__ import annotations
@@ -93,7 +94,10 @@ class RunView(APIView):
         """One one-off, with its exit status once it has ended (`exit` is absent before)."""
         run = _run_of(request, app, run_id)[2]
         answer = run.to_dict()
-        ended = oneoff.exit_of(run.id)
+        try:
+            ended = oneoff.exit_of(run.id)
+        except redis.RedisError as e:
+            raise _unavailable(e) from None
         if ended is not None:
             answer["exit"], answer["message"] = ended.get("exit"), ended.get("message", "")
         return Response(answer)
@@ -120,7 +124,8 @@ class RunOutputView(APIView):
 def _ndjson(run: oneoff.OneOff) -> Iterator[bytes]:
     try:
         for entry in oneoff.follow(run):
-            yield json.dumps(entry, ensure_ascii=False).encode() + b"\n"
+            # An empty line while the run is quiet: a client that has gone away is noticed.
+            yield json.dumps(entry, ensure_ascii=False).encode() + b"\n" if entry else b"\n"
     except redis.RedisError as e:
         log.warning("following one-off %s: redis is away: %s", run.id, e)
         yield json.dumps({"exit": None, "message": "the platform's Redis stopped answering"}).encode() + b"\n"

@@ -63,7 +63,8 @@ ID_RE = re.compile(r"^(?P<app>[a-z][a-z0-9-]*)\.(?P<type>run|release)\.(?P<numbe
 MAX_ARGS = 256
 MAX_COMMAND_BYTES = 64 * 1024
 REASON_LINES = 10
-PHASE_POLL_S = 2.0  # while a release phase runs, its app is reconciled again this often
+PHASE_POLL_S = 2.0
+KEEPALIVE_S = 15.0  # a quiet one-off's output endpoint writes an empty line this often  # while a release phase runs, its app is reconciled again this often
 
 
 def run_timeout_s() -> int:
@@ -250,17 +251,19 @@ def _decode(fields: dict[bytes, bytes]) -> dict[str, Any]:
 
 
 def follow(run: OneOff, *, start_timeout_s: float | None = None, block_ms: int = 1000,
-           after: str = "0") -> Iterator[dict[str, Any]]:
+           after: str = "0", keepalive_s: float = KEEPALIVE_S) -> Iterator[dict[str, Any]]:
     """Yield the run's stream entries from the start until its exit entry (the last one yielded).
 
     When nothing arrives within `start_timeout_s` (the agent never got the run), or the run
     outlives its time limit without an exit, a made-up exit entry with `exit: None` says so.
+    After `keepalive_s` without an entry an empty dict comes (so a web server writing it notices
+    a client that has gone away).
     """
     r = _redis()
     key = run_stream(run.id)
     if start_timeout_s is None:
         start_timeout_s = SchedulerSettings.from_env().boot_timeout_s
-    started = time.monotonic()
+    started = quiet_since = time.monotonic()
     seen_any = after != "0"
     while True:
         resp = r.xread({key: after}, count=500, block=block_ms)
@@ -270,8 +273,12 @@ def follow(run: OneOff, *, start_timeout_s: float | None = None, block_ms: int =
                 seen_any = True
                 entry = _decode(fields)
                 yield entry
+                quiet_since = time.monotonic()
                 if "exit" in entry:
                     return
+        if time.monotonic() - quiet_since >= keepalive_s:
+            yield {}
+            quiet_since = time.monotonic()
         if not seen_any and time.monotonic() - started > start_timeout_s:
             yield {"exit": None, "message": f"it did not start within {start_timeout_s:g} s: "
                    f"is the agent of host {run.host} running?"}

@@ -6,8 +6,9 @@ Task names (the control plane sends them with `send_task(name, kwargs=..., queue
     agent.container_stop    container_id: str, timeout_s: float=10   stop and remove it
     agent.container_ready   container_id, address, kind, path, deadline   (the agent's own
                             follow-up: polls readiness until the deadline, then reports)
-    agent.oneoff_run        spec: dict, timeout_s: float             run a one-off to its end,
-                            its output to `paas:run:<id>` (see `runtime.agent.oneoff`)
+    agent.oneoff_run        spec: dict, timeout_s: float             run a one-off to its end on
+                            a thread of its own, its output to `paas:run:<id>` (see
+                            `runtime.agent.oneoff`)
 
 Serialization is JSON only; results are not stored (reports go to the Redis streams of
 `runtime.agent.reports`).
@@ -26,7 +27,7 @@ from celery.signals import worker_ready, worker_shutdown
 from runtime.agent.config import AgentSettings
 from runtime.agent.core import Agent, every
 from runtime.agent.logship import log_shipper
-from runtime.agent.oneoff import run_oneoff
+from runtime.agent.oneoff import start_oneoff
 from runtime.agent.reports import Reporter
 
 READY_POLL_S = 0.5
@@ -78,7 +79,7 @@ def make_app(settings: AgentSettings, agent: Agent | None = None) -> Celery:
 
     @app.task(name="agent.oneoff_run")  # type: ignore[untyped-decorator]
     def oneoff_run(*, spec: dict[str, Any], timeout_s: float = 3600.0) -> dict[str, Any]:
-        return run_oneoff(agent, spec, float(timeout_s))
+        return start_oneoff(agent, spec, float(timeout_s))
 
     @app.task(name="agent.container_ready", bind=True)  # type: ignore[untyped-decorator]
     def container_ready(

@@ -1,7 +1,8 @@
 """One-off containers (`paas run`, the release phase): run once, ship the output, then remove.
 
-The agent runs the spec like any other container (through the runtime daemon), follows its log
-and writes each line, then how it ended, to a Redis stream of its own:
+The agent runs the spec like any other container (through the runtime daemon), on a thread of
+its own (`start_oneoff`), follows its log and writes each line, then how it ended, to a Redis
+stream of its own:
 
     paas:run:<container id>   a stream per one-off (MAXLEN ~RUN_MAXLEN), entries in order:
         {"state": "starting"}                      the agent has the spec
@@ -16,6 +17,10 @@ A one-off is never restarted and never checked for readiness. Past its `timeout_
 stopped (SIGTERM, SIGKILL after the stop grace). After its exit the container is removed, and
 an `exited` container event goes to the events stream after the exit entry, so whoever reacts to
 the event (the scheduler's release phase) finds the exit status already written.
+
+An agent stopped while a one-off runs leaves it running without a follower: its stream then
+gets no exit entry (the control plane gives up on it after its time limit), and once the
+control plane no longer expects it, ingestion stops and removes it when a heartbeat lists it.
 """
 
 from __future__ import annotations
@@ -67,6 +72,26 @@ class RunOutput:
         self.ttl_s = RUN_TTL_S
         self.add({"exit": "" if code is None else str(code), "message": message,
                   "time": f"{time.time():.6f}"})
+
+
+def start_oneoff(agent: Agent, raw_spec: object, timeout_s: float) -> dict[str, Any]:
+    """Run a one-off on a thread of its own and return at once.
+
+    A one-off may last an hour: it must not hold one of the agent's few task threads, which the
+    stop that Ctrl-C sends, and the other containers' tasks, need.
+    """
+    cid = raw_spec.get("id") if isinstance(raw_spec, dict) else None
+    name = f"oneoff-{cid}" if isinstance(cid, str) else "oneoff"
+    threading.Thread(target=_quietly, args=(agent, raw_spec, timeout_s), name=name,
+                     daemon=True).start()
+    return {"ok": True, "id": cid if isinstance(cid, str) else "", "following": True}
+
+
+def _quietly(agent: Agent, raw_spec: object, timeout_s: float) -> None:
+    try:
+        run_oneoff(agent, raw_spec, timeout_s)
+    except Exception:  # a thread's exception would only reach stderr; log it with the id
+        log.exception("the one-off %s failed", raw_spec.get("id") if isinstance(raw_spec, dict) else "?")
 
 
 def run_oneoff(agent: Agent, raw_spec: object, timeout_s: float) -> dict[str, Any]:

@@ -163,3 +163,16 @@ def test_ingestion_leaves_a_running_one_off_alone_but_stops_unknown_containers(
     r.xadd("paas:agent:heartbeats", {"host": run.host, "time": str(time.time()), "data": json.dumps(beat)})
     result = ingest_mod.ingest(r, consumer=f"t-{secrets.token_hex(3)}")
     assert stranger in result.stale_stopped and run.id not in result.stale_stopped
+
+
+def test_a_quiet_run_gets_keepalives_until_its_exit(app, hosts, member, agents, r) -> None:
+    run = oneoff.start(app, ["sleep", "1"])
+    r.xadd(run_stream(run.id), {"state": "running"})
+    timer = threading.Timer(0.6, lambda: r.xadd(run_stream(run.id), {"exit": "0", "message": ""}))
+    timer.start()
+    try:
+        got = list(oneoff.follow(run, block_ms=100, keepalive_s=0.2))
+    finally:
+        timer.cancel()
+    assert got[0] == {"state": "running"} and got[-1]["exit"] == 0
+    assert {} in got[1:-1] and all(e == {} for e in got[1:-1])
