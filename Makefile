@@ -8,7 +8,7 @@ PYTEST := $(VENV)/bin/pytest
 DEBS_UP := redis-server git iptables gcc libc6-dev python3-venv python3-dev debootstrap
 DEBS_TEST := $(DEBS_UP) postgresql runc crun wrk nginx-light debootstrap busybox-static chromium
 
-.PHONY: up stack test check lint types bench venv debs-up debs-test clean
+.PHONY: up down stack test check lint types bench venv debs-up debs-test clean
 
 $(VENV)/.installed: pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "paas: $(PYTHON) is needed" >&2; exit 1; }
@@ -29,6 +29,11 @@ debs-test:
 ## Its data stays in the checkout (./var) unless PAAS_DATA_DIR says otherwise.
 up: debs-up venv
 	@PAAS_DATA_DIR="$${PAAS_DATA_DIR:-$(CURDIR)/var}" $(PY) manage.py up
+
+## Stop this host's app containers (through the runtime daemon when it is up) and remove the
+## container network: bridge, iptables rules, routes and address state. As root.
+down: venv
+	@PAAS_DATA_DIR="$${PAAS_DATA_DIR:-$(CURDIR)/var}" $(PY) -m runtime down
 
 ## Build the debian-13 stack that apps build and run on (once per host; a few minutes).
 stack: debs-up venv

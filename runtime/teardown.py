@@ -68,13 +68,13 @@ def down(root: Path, settings: tuple[str, str]) -> int:
     _need_root()
     try:
         stopped = _stop_through_daemon(root)
+        _wait_detached(root / "network", stopped)
     except DaemonUnavailable:
-        stopped = _stop_without_daemon(root)
+        stopped = _stop_without_daemon(root)  # their attachments go with the network
     for cid in stopped:
         print(f"stopped {cid}")
     if not stopped:
         print("no container was running")
-    _wait_detached(root / "network", stopped)
     return network_teardown(root, settings, force=True)
 
 
