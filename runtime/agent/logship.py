@@ -275,7 +275,8 @@ class LogShipper:
     def poll(self) -> int:
         """Read the new whole lines of every container into the buffer; return how many."""
         present = set()
-        with os.scandir(self.containers_dir) as it:
+        with contextlib.suppress(FileNotFoundError), os.scandir(self.containers_dir) as it:
+            # (No directory yet: the daemon has never run a container on this host.)
             for d in it:
                 if d.is_dir(follow_symlinks=False):
                     present.add(d.name)

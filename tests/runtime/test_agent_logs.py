@@ -8,6 +8,7 @@ test_agent_logs_daemon.py runs the same shipper against real containers of a rea
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import socket
@@ -317,3 +318,14 @@ def test_the_agent_process_ships_logs_and_resumes_where_it_stopped(host: Host) -
     assert agent_until(2) == ["one", "two"]
     host.write(web, "three")
     assert agent_until(3) == ["one", "two", "three"]
+
+
+def test_a_host_without_containers_yet_is_quietly_nothing_to_ship(
+    tmp_path: Path, client: redis.Redis[bytes], caplog: pytest.LogCaptureFixture
+) -> None:
+    shipper = LogShipper(tmp_path / "runtime" / "containers", tmp_path / "state.json", client,
+                         f"h-{secrets.token_hex(4)}")
+    with caplog.at_level(logging.WARNING):
+        assert shipper.step() == 0
+    assert caplog.text == ""
+    client.delete(shipper.marker)
