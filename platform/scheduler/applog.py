@@ -4,7 +4,7 @@
 
     2026-11-27T23:59:58Z paas[scheduler]: Deploying v5
     2026-11-27T23:59:59Z paas[web.2]: Starting (v5) on host-a
-    2026-11-28T00:00:03Z paas[web.1]: Exited with code 1
+    2026-11-28T00:00:03Z paas[web.1]: Crashed: exited with code 1
     2026-11-28T00:00:04Z paas[scheduler]: Release v5 failed: web.1 exited with code 1
 
 Each line is one call of `write` at the place the thing happens. It goes to `paas:logs:<app>`
@@ -24,7 +24,7 @@ from django.conf import settings
 from django.db import transaction
 
 from controlplane.env import env_int
-from core.models import Container
+from core.models import Container, Formation
 from router.metrics import logs_key
 
 log = logging.getLogger(__name__)
@@ -52,12 +52,16 @@ def write(app: str, line: str, source: str = SCHEDULER) -> None:
     transaction.on_commit(send)
 
 
-def container_ended(c: Container, memory_mb: int | None = None) -> str:
-    """How a container ended by itself: `Exited with code 1`, `Was OOM-killed (512 MB)`."""
+def container_ended(c: Container) -> str:
+    """How a container that was not stopped ended: `Crashed: exited with code 1`, `Was
+    OOM-killed (limit 512 MB)`, `Failed: <why>`."""
     if c.state == "oom":
-        return f"Was OOM-killed ({memory_mb} MB limit)" if memory_mb else "Was OOM-killed"
+        mb = Formation.objects.filter(app_id=c.app_id, type=c.type).values_list(
+            "memory_mb", flat=True).first()
+        return f"Was OOM-killed (limit {mb} MB)" if mb else "Was OOM-killed"
     if c.state == "exited":
-        return "Exited" if c.exit_code is None else f"Exited with code {c.exit_code}"
+        code = "an unknown code" if c.exit_code is None else f"code {c.exit_code}"
+        return f"Crashed: exited with {code}"
     return f"Failed: {c.message or 'it could not be started'}"
 
 

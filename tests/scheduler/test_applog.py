@@ -97,8 +97,8 @@ def test_it_says_why_a_release_failed(
 
 
 @pytest.mark.parametrize("state,extra,said", [
-    ("exited", {"exit_code": 1}, "Exited with code 1"),
-    ("oom", {"exit_code": 137}, "Was OOM-killed"),
+    ("exited", {"exit_code": 1}, "Crashed: exited with code 1"),
+    ("oom", {"exit_code": 137}, "Was OOM-killed (limit 512 MB)"),
     ("failed", {"message": "image sha256:ab not found"}, "Failed: image sha256:ab not found"),
 ])
 def test_it_says_how_a_container_ended_by_itself(
