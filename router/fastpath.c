@@ -199,6 +199,50 @@ static int request_id_ok(const char *v, Py_ssize_t len)
     return 1;
 }
 
+/* Request ids: the prefix and counter router/headers.py hands over (see _RequestIds). */
+static char id_prefix[64];
+static Py_ssize_t id_prefix_len;
+static unsigned long long id_counter;
+
+static PyObject *seed_request_ids(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_ssize_t len;
+    const char *prefix;
+    if (nargs != 2 || !PyUnicode_Check(args[0]) || !PyLong_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "seed_request_ids(prefix: str, start: int)");
+        return NULL;
+    }
+    prefix = PyUnicode_AsUTF8AndSize(args[0], &len);
+    if (prefix == NULL) return NULL;
+    if (len <= 0 || len >= (Py_ssize_t)sizeof id_prefix) {
+        PyErr_SetString(PyExc_ValueError, "seed_request_ids: the prefix must be 1 to 63 bytes");
+        return NULL;
+    }
+    unsigned long long start = PyLong_AsUnsignedLongLongMask(args[1]);
+    if (PyErr_Occurred()) return NULL;
+    memcpy(id_prefix, prefix, (size_t)len);
+    id_prefix_len = len;
+    id_counter = start;
+    Py_RETURN_NONE;
+}
+
+static PyObject *make_request_id(void)
+{
+    char id[64 + 12];
+    memcpy(id, id_prefix, (size_t)id_prefix_len);
+    snprintf(id + id_prefix_len, 13, "%012llx", id_counter++ & 0xFFFFFFFFFFFFULL);
+    return PyUnicode_DecodeASCII(id, id_prefix_len + 12, NULL);
+}
+
+static PyObject *new_request_id(PyObject *self, PyObject *unused)
+{
+    if (id_prefix_len == 0) {
+        PyErr_SetString(PyExc_RuntimeError, "new_request_id: seed_request_ids was not called");
+        return NULL;
+    }
+    return make_request_id();
+}
+
 static const char *METHODS[] = {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", NULL};
 
 static char *put(char *out, const char *s, Py_ssize_t len)
@@ -231,12 +275,12 @@ static char *put_joined(char *out, struct field *fields, int count, int kind, co
 
 /* request(data, ctx) -> None, or (method, target, host, request_id, keep_alive, http11, out,
  *                                 body_length, start_wall)
- * ctx: (client_ip, proto, port, via, max_url_bytes, max_header_bytes, max_headers, new_request_id)
+ * ctx: (client_ip, proto, port, via, max_url_bytes, max_header_bytes, max_headers)
  * `out` is the head the app receives followed by the body. */
 static PyObject *fast_request(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 2 || !PyBytes_Check(args[0]) || !PyTuple_Check(args[1]) || PyTuple_GET_SIZE(args[1]) != 8) {
-        PyErr_SetString(PyExc_TypeError, "request(data: bytes, ctx: tuple of 8)");
+    if (nargs != 2 || !PyBytes_Check(args[0]) || !PyTuple_Check(args[1]) || PyTuple_GET_SIZE(args[1]) != 7) {
+        PyErr_SetString(PyExc_TypeError, "request(data: bytes, ctx: tuple of 7)");
         return NULL;
     }
     PyObject *ctx = args[1];
@@ -300,6 +344,7 @@ static PyObject *fast_request(PyObject *self, PyObject *const *args, Py_ssize_t 
         }
     }
     if (hosts != 1 || end - body != length) Py_RETURN_NONE;
+    if (request_id == NULL && id_prefix_len == 0) Py_RETURN_NONE;  /* ids not handed over yet */
 
     PyObject *id = NULL;
     const char *id_s;
@@ -307,12 +352,7 @@ static PyObject *fast_request(PyObject *self, PyObject *const *args, Py_ssize_t 
     if (request_id != NULL) {
         id = PyUnicode_DecodeASCII(request_id->value, request_id->value_len, NULL);
     } else {
-        id = PyObject_CallNoArgs(PyTuple_GET_ITEM(ctx, 7));
-        if (id != NULL && !PyUnicode_Check(id)) {
-            Py_DECREF(id);
-            PyErr_SetString(PyExc_TypeError, "new_request_id must return str");
-            return NULL;
-        }
+        id = make_request_id();
     }
     if (id == NULL) return NULL;
     id_s = PyUnicode_AsUTF8AndSize(id, &id_len);
@@ -607,6 +647,9 @@ static PyObject *access_lines(PyObject *self, PyObject *entries)
 }
 
 static PyMethodDef methods[] = {
+    {"seed_request_ids", (PyCFunction)(void (*)(void))seed_request_ids, METH_FASTCALL,
+     "Take over request ids: this prefix, then a counter from `start`."},
+    {"new_request_id", (PyCFunction)new_request_id, METH_NOARGS, "The next request id."},
     {"access_lines", (PyCFunction)access_lines, METH_O,
      "Format access-log entries (when, fields) as the Redis script expects them; None if unusual."},
     {"request", (PyCFunction)(void (*)(void))fast_request, METH_FASTCALL,

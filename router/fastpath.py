@@ -21,6 +21,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Protocol, cast
 
+from router.headers import hand_over_request_ids
+
 log = logging.getLogger("router")
 SOURCE = Path(__file__).with_name("fastpath.c")
 
@@ -38,6 +40,10 @@ class FastPath(Protocol):
     def response(self, data: bytes, via: bytes, client_keep_alive: bool, /) -> ResponseParts | None: ...
 
     def access_lines(self, entries: list[tuple[float, Any]], /) -> str | None: ...
+
+    def seed_request_ids(self, prefix: str, start: int, /) -> None: ...
+
+    def new_request_id(self) -> str: ...
 
 
 class BuildError(RuntimeError):
@@ -103,6 +109,7 @@ def load() -> FastPath | None:
     module: FastPath | None
     try:
         module = import_extension(compile_extension())
+        hand_over_request_ids(module.seed_request_ids, module.new_request_id)
     except (BuildError, OSError, ImportError) as error:
         log.warning('at=warning code=fast_path_unavailable desc="using the general path only: %s"', error)
         module = None

@@ -10,6 +10,7 @@ import itertools
 import os
 import random
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 Headers = list[tuple[bytes, bytes]]
@@ -172,6 +173,8 @@ class _RequestIds:
     """
 
     def __init__(self) -> None:
+        self.seed_compiled: Callable[[str, int], None] | None = None
+        self.new_compiled: Callable[[], str] | None = None
         self.reset()
         os.register_at_fork(after_in_child=self.reset)
 
@@ -180,14 +183,25 @@ class _RequestIds:
         h = f"{bits:020x}"
         # version nibble 4, variant bits 10 (RFC 4122 section 4.4)
         self.prefix = f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{(int(h[16], 16) & 0x3 | 0x8):x}{h[17:20]}-"
-        self.counter = itertools.count(random.SystemRandom().getrandbits(40))
+        start = random.SystemRandom().getrandbits(40)
+        self.counter = itertools.count(start)
+        if self.seed_compiled is not None:
+            self.seed_compiled(self.prefix, start)
+
+    def hand_over(self, seed: Callable[[str, int], None], new: Callable[[], str]) -> None:
+        """Let the compiled fast path keep the counter, so both paths draw from one sequence."""
+        self.seed_compiled, self.new_compiled = seed, new
+        self.reset()
 
     def new(self) -> str:
+        if self.new_compiled is not None:
+            return self.new_compiled()
         return f"{self.prefix}{next(self.counter) & 0xFFFFFFFFFFFF:012x}"
 
 
 _ids = _RequestIds()
 new_request_id = _ids.new
+hand_over_request_ids = _ids.hand_over
 
 
 def request_head(

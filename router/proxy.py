@@ -242,7 +242,7 @@ class ClientConnection(asyncio.Protocol):
             self.client_ip = str(peer[0])
         config = self.config
         self.fast_ctx = (self.client_ip.encode("ascii"), self.proto, self.port, self.worker.via,
-                         config.max_url_bytes, config.max_header_bytes, config.max_headers, new_request_id)
+                         config.max_url_bytes, config.max_header_bytes, config.max_headers)
         self.worker.clients.add(self)
         self._arm(self.config.idle_timeout, self._idle_expired)
 
@@ -553,8 +553,10 @@ class ClientConnection(asyncio.Protocol):
         """Relay a response head (and its body so far) that the fast path parsed and rebuilt."""
         ex = self.current
         if ex is None or ex.backend is not conn or self.transport is None:
+            conn.close()  # a response nobody waits for: the connection's state is unknown
             return
         status, data, body_bytes, remaining, app_keep_alive = parts
+        conn.interim = False  # a 100 Continue before it went the general way
         self._disarm()
         ex.plan = FAST_KEEP_ALIVE if ex.keep_alive and ex.body_done and not self.closing and not self.worker.draining \
             else FAST_CLOSE

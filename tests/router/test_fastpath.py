@@ -27,8 +27,8 @@ from tests.router.app import App
 from tests.router.helpers import DOMAIN, TEST_CONFIG, Client, run, running_router
 
 VIA = b"1.1 paas-router"
-GENERATED_ID = "generated-request-id-1"
-CTX = (b"192.0.2.7", b"https", b"443", VIA, 8192, 4096, 50, lambda: GENERATED_ID)
+CTX = (b"192.0.2.7", b"https", b"443", VIA, 8192, 4096, 50)
+UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
 
 
 @pytest.fixture(scope="module")
@@ -105,14 +105,14 @@ def test_it_builds_the_same_request_head_as_the_general_path(fast: FastPath, raw
     method, target, host, request_id, keep_alive, http11, out, length, start_wall = fast_request(fast, raw)
     start = re.search(rb"X-Request-Start: (\d+)\r\n", out)
     assert start is not None
-    expected, expected_keep_alive, expected_http11, expected_host = general_request(raw, GENERATED_ID,
+    expected, expected_keep_alive, expected_http11, expected_host = general_request(raw, request_id,
                                                                                     int(start.group(1)))
     assert out == expected
     assert (keep_alive, http11, host) == (expected_keep_alive, expected_http11, expected_host)
     assert raw.startswith(method + b" " + target + b" ")
     assert length == len(raw) - raw.index(b"\r\n\r\n") - 4
     assert abs(start_wall * 1000 - int(start.group(1))) < 1
-    assert request_id in (GENERATED_ID, "client-chosen-id.42")
+    assert request_id == "client-chosen-id.42" or UUID.match(request_id)
 
 
 GENERAL_REQUESTS = {
@@ -225,6 +225,15 @@ class Spy:
         self.responses.append(self.inner.response(data, via, client_keep_alive))
         return self.responses[-1]
 
+    def access_lines(self, entries: list[tuple[float, Any]], /) -> str | None:
+        return self.inner.access_lines(entries)
+
+    def seed_request_ids(self, prefix: str, start: int, /) -> None:
+        self.inner.seed_request_ids(prefix, start)
+
+    def new_request_id(self) -> str:
+        return self.inner.new_request_id()
+
 
 @run
 async def test_it_takes_plain_requests_and_responses_on_the_fast_path(fast: FastPath) -> None:
@@ -271,7 +280,7 @@ def test_it_compiles_once_per_version_of_the_source(tmp_path: Path) -> None:
     source.write_bytes(fastpath.SOURCE.read_bytes())
     built = fastpath.compile_extension(tmp_path / "build", source)
     assert fastpath.compile_extension(tmp_path / "build", source) == built
-    assert fastpath.import_extension(built).request(REQUESTS[0], CTX) is not None
+    assert fastpath.import_extension(built).request(REQUESTS[3], CTX) is not None
     source.write_bytes(source.read_bytes() + b"\n/* changed */\n")
     assert fastpath.compile_extension(tmp_path / "build", source) != built
 
@@ -303,3 +312,17 @@ def test_it_formats_access_log_lines_as_the_general_path_does(fast: FastPath) ->
 def test_it_leaves_unusual_access_log_entries_to_python(fast: FastPath) -> None:
     assert fast.access_lines([(1.0, "a line the proxy did not record")]) is None
     assert fast.access_lines([(1.0, ("", b"GET", b"/", "\u263a", "id", "ip", "-", 1.0, 200, 0, b"http"))]) is None
+
+
+def test_it_draws_request_ids_from_one_counter_on_both_paths(fast: FastPath) -> None:
+    from router.headers import new_request_id
+
+    first = new_request_id()
+    parts = fast.request(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", CTX)
+    assert parts is not None
+    last = new_request_id()
+    ids = [first, parts[3], last]
+    assert all(UUID.match(i) for i in ids)
+    assert len({i[:24] for i in ids}) == 1  # one prefix per worker
+    counters = [int(i[24:], 16) for i in ids]
+    assert counters[1] == (counters[0] + 1) & 0xFFFFFFFFFFFF and counters[2] == (counters[1] + 1) & 0xFFFFFFFFFFFF
