@@ -471,6 +471,7 @@ class RuntimeExecutor:
             if self.ca_certs is not None:
                 step_env = {**CA_ENV, **step_env}
             result: dict[str, Any] = {}
+            done = threading.Event()
 
             def call() -> None:
                 try:
@@ -483,16 +484,20 @@ class RuntimeExecutor:
                     result["error"] = e
                 except BaseException as e:  # handed to the calling thread
                     result["error"] = e
+                finally:
+                    done.set()
 
             worker = threading.Thread(target=call, name="build-step", daemon=True)
             worker.start()
             pending = b""
+            idle = 0.002  # how long to wait for more output: short at first, then backing off
             while True:
                 chunk = os.read(fd, 65536)
                 if chunk:
                     pending = _emit_lines(pending + chunk, on_line)
+                    idle = 0.002
                     continue
-                if not worker.is_alive():
+                if done.is_set():
                     pending = _drain(fd, pending, on_line)
                     break
                 if time.monotonic() >= deadline:
@@ -502,7 +507,8 @@ class RuntimeExecutor:
                     if pending:
                         on_line(_decode(pending))
                     raise StepTimeout(argv, timeout)
-                worker.join(0.05)
+                done.wait(idle)
+                idle = min(idle * 2, 0.05)
             if pending:
                 on_line(_decode(pending))
         finally:
