@@ -41,7 +41,7 @@ import redis
 from controlplane.env import env_int
 from core.errors import Conflict, Invalid, NotFound
 from core.models import App, Build, BuildStatus, Formation, Release, ReleaseStatus
-from runtime.agent.oneoff import RUN_TTL_S, STOP_GRACE_S, run_stream
+from runtime.agent.oneoff import RUN_TTL_S, STOP_GRACE_S, TIMEOUT_LABEL, run_stream
 from runtime.spec import ContainerSpec, SpecError
 from scheduler import dispatch
 from scheduler.conf import SchedulerSettings
@@ -162,6 +162,7 @@ def start(app: App, command: object, *, release: Release | None = None, kind: st
     if number is None:
         number = int(r.incr(COUNTER_KEY.format(app=app.name)))
     cid = f"{app.name}.{kind}.{number}.{secrets.token_hex(3)}"
+    limit = timeout_s or run_timeout_s()
     env = dict(release.config)
     env["PORT"] = str(conf.web_port)
     env["DYNO"] = f"{kind}.{number}"
@@ -171,11 +172,10 @@ def start(app: App, command: object, *, release: Release | None = None, kind: st
             "image": build.image_digest, "command": argv, "env": env, "memory_mb": memory_mb,
             "cpu_shares": max(2, round(1024 * cpu)),
             "labels": {"paas.app": app.name, "paas.release": release.name,
-                       "paas.process": f"{kind}.{number}"},
+                       "paas.process": f"{kind}.{number}", TIMEOUT_LABEL: str(limit)},
         }).to_dict()
     except SpecError as e:
         raise Invalid(f"The one-off cannot be run: {e}.") from None
-    limit = timeout_s or run_timeout_s()
     now = time.time()
     run = OneOff(id=cid, app=app.name, type=kind, number=number, host=where.host,
                  release=release.version, command=argv, created_at=now, deadline=now + limit)

@@ -27,7 +27,7 @@ from celery.signals import worker_ready, worker_shutdown
 from runtime.agent.config import AgentSettings
 from runtime.agent.core import Agent, every
 from runtime.agent.logship import log_shipper
-from runtime.agent.oneoff import start_oneoff
+from runtime.agent.oneoff import resume_oneoffs, start_oneoff
 from runtime.agent.reports import Reporter
 
 READY_POLL_S = 0.5
@@ -118,6 +118,7 @@ def run_worker(settings: AgentSettings, loglevel: str = "INFO") -> None:
     stop = threading.Event()
 
     def start_threads(**_kwargs: Any) -> None:
+        resume_oneoffs(agent)
         threading.Thread(
             target=every, args=(settings.heartbeat_s, stop, agent.heartbeat), name="heartbeat",
             daemon=True,

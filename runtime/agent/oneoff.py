@@ -18,9 +18,11 @@ stopped (SIGTERM, SIGKILL after the stop grace). After its exit the container is
 an `exited` container event goes to the events stream after the exit entry, so whoever reacts to
 the event (the scheduler's release phase) finds the exit status already written.
 
-An agent stopped while a one-off runs leaves it running without a follower: its stream then
-gets no exit entry (the control plane gives up on it after its time limit), and once the
-control plane no longer expects it, ingestion stops and removes it when a heartbeat lists it.
+An agent stopped while a one-off runs leaves it running; when the agent starts again,
+`resume_oneoffs` follows it again from the first line not yet shipped (one-offs carry their
+time limit in the label `paas.oneoff.timeout_s`). If no agent comes back, the control plane
+gives up on it after its time limit, and once it no longer expects it, ingestion stops and
+removes it when a heartbeat lists it.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("paas.agent")
 
 RUN_STREAM = "paas:run:{id}"
+TIMEOUT_LABEL = "paas.oneoff.timeout_s"  # on every one-off's spec: its time limit, in seconds
 RUN_MAXLEN = 10_000
 RUN_TTL_S = 3600
 STOP_GRACE_S = 10.0
@@ -107,6 +110,13 @@ def run_oneoff(agent: Agent, raw_spec: object, timeout_s: float) -> dict[str, An
         out.finish(None, str(result.get("error") or "it could not be started"))
         return result
     out.add({"state": "running"})
+    return _follow_to_end(agent, cid, out, timeout_s, timeout_s)
+
+
+def _follow_to_end(agent: Agent, cid: str, out: RunOutput, remaining_s: float, limit_s: float,
+                   skip: int = 0) -> dict[str, Any]:
+    """Ship the output (less the first `skip` lines, already shipped), stop the one-off
+    `remaining_s` from now, then write the exit entry, remove it and report its exit."""
     timed_out = threading.Event()
 
     def on_timeout() -> None:
@@ -114,11 +124,14 @@ def run_oneoff(agent: Agent, raw_spec: object, timeout_s: float) -> dict[str, An
         with contextlib.suppress(DaemonError):
             agent.daemon.stop(cid, timeout_s=STOP_GRACE_S)
 
-    timer = threading.Timer(timeout_s, on_timeout)
+    timer = threading.Timer(max(0.0, remaining_s), on_timeout)
     timer.daemon = True
     timer.start()
     try:
         for item in agent.daemon.logs(cid, tail=RUN_MAXLEN, follow=True):
+            if skip > 0:
+                skip -= 1
+                continue
             out.add({"stream": str(item.get("stream", "stdout")), "line": str(item.get("line", "")),
                      "time": str(item.get("time", ""))})
     except DaemonError as e:
@@ -128,13 +141,61 @@ def run_oneoff(agent: Agent, raw_spec: object, timeout_s: float) -> dict[str, An
         timer.cancel()
     code, message = _ended(agent, cid)
     if timed_out.is_set():
-        message = f"it was stopped after its time limit of {timeout_s:g} s"
+        message = f"it was stopped after its time limit of {limit_s:g} s"
     with contextlib.suppress(DaemonError):
         agent.daemon.remove(cid, force=True)
     out.finish(code, message)
     with contextlib.suppress(redis.RedisError):
         agent.reporter.event(cid, "exited", exit_code=code)
     return {"ok": True, "id": cid, "exit_code": code, "message": message}
+
+
+def resume_oneoffs(agent: Agent) -> list[str]:
+    """After the agent (re)starts: follow again the one-offs the daemon has (they carry
+    `TIMEOUT_LABEL`), from the first line not yet in their stream; return their ids."""
+    try:
+        listed = agent.daemon.list()
+    except DaemonError as e:
+        log.warning("could not list the containers to resume one-offs: %s", e)
+        return []
+    resumed: list[str] = []
+    for c in listed:
+        spec = c.get("spec") or {}
+        labels = spec.get("labels") or {}
+        cid = c.get("id")
+        if TIMEOUT_LABEL not in labels or not isinstance(cid, str) or not ID_RE.fullmatch(cid):
+            continue
+        try:
+            limit = max(1.0, float(labels[TIMEOUT_LABEL]))
+        except (TypeError, ValueError):
+            limit = float(RUN_TTL_S)
+        began = c.get("started_at") or c.get("created_at") or time.time()
+        remaining = float(began) + limit - time.time()
+        out = RunOutput(agent.reporter.redis, cid, int(max(0.0, remaining) + STOP_GRACE_S) + RUN_TTL_S)
+        try:
+            shipped = [f for _i, f in agent.reporter.redis.xrange(run_stream(cid))]
+        except redis.RedisError as e:
+            log.warning("could not read the output of one-off %s: %s", cid, e)
+            continue
+        if shipped and b"exit" in shipped[-1]:
+            with contextlib.suppress(DaemonError):  # ended and reported; only its removal was left
+                agent.daemon.remove(cid, force=True)
+            continue
+        skip = sum(1 for f in shipped if b"line" in f)
+        threading.Thread(target=_follow_quietly, args=(agent, cid, out, remaining, limit, skip),
+                         name=f"oneoff-{cid}", daemon=True).start()
+        resumed.append(cid)
+    if resumed:
+        log.info("following the one-offs %s again", ", ".join(resumed))
+    return resumed
+
+
+def _follow_quietly(agent: Agent, cid: str, out: RunOutput, remaining_s: float, limit_s: float,
+                    skip: int) -> None:
+    try:
+        _follow_to_end(agent, cid, out, remaining_s, limit_s, skip)
+    except Exception:
+        log.exception("following the one-off %s failed", cid)
 
 
 def _ended(agent: Agent, cid: str) -> tuple[int | None, str]:

@@ -14,7 +14,7 @@ import redis
 
 from runtime.agent.config import AgentSettings
 from runtime.agent.core import Agent
-from runtime.agent.oneoff import run_oneoff, run_stream
+from runtime.agent.oneoff import TIMEOUT_LABEL, resume_oneoffs, run_oneoff, run_stream
 from runtime.agent.reports import Reporter
 from runtime.images import ImageStore
 from runtime.tinyimage import build_tiny_image
@@ -54,7 +54,7 @@ def spec(daemon: Daemon, image: str, command: list[str]) -> dict[str, Any]:
     daemon.made.append(cid)
     return {"id": cid, "app": cid.split(".")[0], "release": 1, "process_type": "run", "image": image,
             "command": command, "env": {"GREETING": "hi"}, "memory_mb": 64, "pids_limit": 64,
-            "network": {"mode": "none", "nat": False}}
+            "network": {"mode": "none", "nat": False}, "labels": {TIMEOUT_LABEL: "60"}}
 
 
 def entries(r: redis.Redis, cid: str) -> list[dict[str, str]]:
@@ -92,3 +92,25 @@ def test_it_ends_the_stream_with_the_reason_when_the_image_is_missing(
     assert result["ok"] is False
     last = entries(r, s["id"])[-1]
     assert last["exit"] == "" and "not found" in last["message"]
+
+
+def test_a_restarted_agent_follows_a_running_one_off_again_without_repeating_lines(
+        daemon: Daemon, agent: Agent, image: str, r: redis.Redis) -> None:
+    import time
+
+    s = spec(daemon, image, ["/bin/sh", "-c", "echo one; sleep 1; echo two; exit 4"])
+    # The agent before the restart: it started the one-off and shipped its first line.
+    assert agent.run(s)["ok"]
+    key = run_stream(s["id"])
+    for fields in ({"state": "starting"}, {"state": "running"},
+                   {"stream": "stdout", "line": "one", "time": ""}):
+        r.xadd(key, fields)
+    assert resume_oneoffs(agent) == [s["id"]]
+    deadline = time.monotonic() + 30
+    while "exit" not in entries(r, s["id"])[-1]:
+        assert time.monotonic() < deadline, entries(r, s["id"])
+        time.sleep(0.1)
+    got = entries(r, s["id"])
+    assert [e["line"] for e in got if "line" in e] == ["one", "two"]
+    assert got[-1]["exit"] == "4"
+    assert s["id"] not in {c["id"] for c in daemon.client.list()}
