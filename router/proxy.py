@@ -556,7 +556,6 @@ class ClientConnection(asyncio.Protocol):
             conn.close()  # a response nobody waits for: the connection's state is unknown
             return
         status, data, body_bytes, remaining, app_keep_alive = parts
-        conn.interim = False  # a 100 Continue before it went the general way
         self._disarm()
         ex.plan = FAST_KEEP_ALIVE if ex.keep_alive and ex.body_done and not self.closing and not self.worker.draining \
             else FAST_CLOSE

@@ -328,6 +328,11 @@ async def test_it_relays_100_continue() -> None:
         await client.send(b"hello")
         final = await client.response()
         assert (final.status, final.body) == (200, b"got hello")
+        # The app connection goes back to the pool clean: a chunked answer on it comes through.
+        async with asyncio.timeout(5):
+            after = await client.request(path="/chunked?n=3")
+        assert after.status == 200 and after.chunked
+        assert app.connections == 1
         client.close()
     await app.stop()
 
