@@ -5,7 +5,8 @@ The stream is `paas:logs:<app>` in Redis (fields `time` in Unix seconds, `tag`, 
 by the agents (`app[web.1]`), the scheduler (`paas[...]`) and the router (`router`). Each answer
 line is `{"id", "time" (RFC 3339 UTC), "tag", "line"}`. A follow answer streams until the client
 goes away or `PAAS_LOG_FOLLOW_MAX_S` passes; then its last line is `{"reconnect": {"after": id}}`
-and a client asks again with `after=<id>&lines=0`. While nothing new comes it sends an empty line
+and a client asks again with `after=<id>&lines=0`. At most `PAAS_LOG_FOLLOWERS_MAX` answers of
+one web process follow at once (each holds a server thread); more are refused with a 503. While nothing new comes it sends an empty line
 every `PAAS_LOG_FOLLOW_KEEPALIVE_MS`, which is how a closed connection is noticed and its server
 thread freed.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 import functools
 import json
 import re
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -173,6 +175,57 @@ class LogsUnavailable(ActionError):
     status = 503
 
 
+class _Followers:
+    """How many answers of this web process follow now: each holds a server thread."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.count = 0
+
+    def take(self) -> None:
+        limit = max(1, env_int("PAAS_LOG_FOLLOWERS_MAX", 4))
+        with self.lock:
+            if self.count >= limit:
+                raise LogsUnavailable(
+                    f"This server already streams logs to {limit} clients (PAAS_LOG_FOLLOWERS_MAX), "
+                    "each holding one of its threads; try again shortly, or leave out follow.")
+            self.count += 1
+
+    def give_back(self) -> None:
+        with self.lock:
+            self.count -= 1
+
+
+followers = _Followers()
+
+
+class _Held:
+    """An answer's body that holds a follower place until it ends or the server closes it
+    (Django closes it when the client went away, whether or not it ever started)."""
+
+    def __init__(self, body: Iterator[bytes]) -> None:
+        self.body = body
+        self.open = True
+
+    def __iter__(self) -> _Held:
+        return self
+
+    def __next__(self) -> bytes:
+        try:
+            return next(self.body)
+        except StopIteration:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self.open:
+            self.open = False
+            try:
+                self.body.close()  # type: ignore[attr-defined]
+            finally:
+                followers.give_back()
+
+
 class AppLogsView(APIView):
     @extend_schema(
         parameters=[
@@ -195,8 +248,11 @@ class AppLogsView(APIView):
             lines, last = tail(r, key, query.lines, query.ps, query.after)
         except redis.RedisError:
             raise LogsUnavailable("The log store (Redis) cannot be reached; try again shortly.") from None
-        response = StreamingHttpResponse(log_stream(r, key, lines, last, query),
-                                         content_type="application/x-ndjson")
+        body: Iterator[bytes] = log_stream(r, key, lines, last, query)
+        if query.follow:
+            followers.take()
+            body = _Held(body)
+        response = StreamingHttpResponse(body, content_type="application/x-ndjson")
         response["Cache-Control"] = "no-cache"
         response["X-Accel-Buffering"] = "no"
         return response

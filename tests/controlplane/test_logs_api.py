@@ -174,3 +174,21 @@ def test_it_says_so_when_the_log_store_cannot_be_reached(acme: Acme, app: App) -
         response = client_for(acme.owner).get(f"/api/v1/apps/{app.name}/logs")
     assert response.status_code == 503
     assert response.json()["error"]["code"] == "unavailable"
+
+
+def test_it_refuses_followers_past_its_limit_until_one_ends(
+    acme: Acme, app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PAAS_LOG_FOLLOWERS_MAX", "1")
+    client = client_for(acme.viewer)
+    base = f"/api/v1/apps/{app.name}/logs"
+    first = client.get(f"{base}?follow=1")
+    assert first.status_code == 200
+    refused = client.get(f"{base}?follow=1")
+    assert refused.status_code == 503
+    assert "already streams logs to 1 clients" in refused.json()["error"]["message"]
+    assert client.get(base).status_code == 200  # not following: no limit
+    first.close()  # the client went away before the answer was ever read
+    again = client.get(f"{base}?follow=1")
+    assert again.status_code == 200
+    again.close()
