@@ -12,7 +12,9 @@ from typing import Any
 
 import httpx
 import pytest
+from django.core.signals import request_finished, request_started
 from django.core.wsgi import get_wsgi_application
+from django.db import close_old_connections
 
 from core import actions
 from paas_cli import main as cli_main
@@ -38,12 +40,27 @@ class InProcessCli:
         )
         monkeypatch.setitem(os.environ, "COLUMNS", "200")
 
+    def __enter__(self) -> InProcessCli:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        request_started.connect(close_old_connections)
+        request_finished.connect(close_old_connections)
+
     def as_user(self, user: Any) -> InProcessCli:
         _row, self._token = actions.token_create(actor=user, description="cli test")
         return self
 
     def __call__(self, *args: str) -> Result:
         self._capsys.readouterr()
-        code = cli_main.main(list(args))
+        # As Django's test client does: the test's transaction (and, on PostgreSQL, its
+        # connection) must outlive each request.
+        request_started.disconnect(close_old_connections)
+        request_finished.disconnect(close_old_connections)
+        try:
+            code = cli_main.main(list(args))
+        finally:
+            request_started.connect(close_old_connections)
+            request_finished.connect(close_old_connections)
         captured = self._capsys.readouterr()
         return Result(code, captured.out, captured.err)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
@@ -17,8 +18,10 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def paas(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> InProcessCli:
-    return InProcessCli(monkeypatch, capsys)
+def paas(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+         ) -> Iterator[InProcessCli]:
+    with InProcessCli(monkeypatch, capsys) as cli:
+        yield cli
 
 
 @pytest.fixture

@@ -3,6 +3,8 @@ the model, the API and the CLI."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 
 from core.models import Release
@@ -13,8 +15,10 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def paas(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> InProcessCli:
-    return InProcessCli(monkeypatch, capsys)
+def paas(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+         ) -> Iterator[InProcessCli]:
+    with InProcessCli(monkeypatch, capsys) as cli:
+        yield cli
 
 
 def _fail(release: Release, reason: str, log: str) -> None:
