@@ -39,18 +39,25 @@ LIMIT_S = 30.0  # how long a step may take before the test fails (never a measur
 
 class Terminal:
     """The CLI started on a new pty, as a session leader with the pty as its controlling
-    terminal, as a shell would start it."""
+    terminal, as a shell would start it. We keep the terminal side open too, to read its mode."""
 
     def __init__(self, argv: list[str], rows: int = 33, cols: int = 101) -> None:
-        pid, fd = os.forkpty()
+        self.fd, self.term = os.openpty()
+        fcntl.ioctl(self.term, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+        self.initial_mode = self.mode()
+        pid = os.fork()
         if pid == 0:  # pragma: no cover - the child
             try:
-                fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+                os.setsid()
+                fcntl.ioctl(self.term, termios.TIOCSCTTY, 0)
+                for n in (0, 1, 2):
+                    os.dup2(self.term, n)
+                os.closerange(3, 1024)
                 os.chdir(REPO)
                 os.execv(argv[0], argv)
             finally:
                 os._exit(127)
-        self.pid, self.fd = pid, fd
+        self.pid = pid
         self.out = b""
         self.status: int | None = None
 
@@ -97,12 +104,19 @@ class Terminal:
             if r:
                 with contextlib.suppress(OSError):
                     self.out += os.read(self.fd, 4096)
+        while select.select([self.fd], [], [], 0)[0]:  # what it wrote last
+            self.out += os.read(self.fd, 4096)
         assert self.status is not None
         return os.waitstatus_to_exitcode(self.status)
 
     def mode(self) -> list[int | list[bytes | int]]:
-        """The pty's current terminal settings (the CLI puts it in raw mode and back)."""
-        return termios.tcgetattr(self.fd)
+        """The terminal's current settings (the CLI puts it in raw mode and back)."""
+        return termios.tcgetattr(self.term)
+
+    def raw(self) -> bool:
+        lflag = self.mode()[3]
+        assert isinstance(lflag, int)
+        return not lflag & (termios.ICANON | termios.ECHO | termios.ISIG)
 
     def close(self) -> None:
         if self.alive():
@@ -111,6 +125,7 @@ class Terminal:
             os.waitpid(self.pid, 0)
             self.status = 0
         os.close(self.fd)
+        os.close(self.term)
 
 
 @contextlib.contextmanager
@@ -174,8 +189,8 @@ def box_fixture(rt: Daemon, tiny: Image) -> str:
 def test_it_gives_an_exec_shell_a_real_terminal_that_follows_the_window(rt: Daemon, box: str) -> None:
     base = container_processes(box)
     with terminal(rt, "exec", "-it", box, "--", "/bin/sh") as t:
-        before = t.mode()
         t.expect(b"$ ")
+        assert t.raw()  # every key goes to the container's terminal
         t.send(b"tty; echo $((6*7)); stty size\r")
         assert t.expect(b"33 101\r\n").endswith(b"/dev/pts/0\r\n42\r\n33 101\r\n")
         t.resize(40, 120)
@@ -184,7 +199,7 @@ def test_it_gives_an_exec_shell_a_real_terminal_that_follows_the_window(rt: Daem
         t.expect(b"40 120\r\n")
         t.send(b"exit 3\r")
         assert t.wait() == 3
-        assert t.mode() == before  # out of raw mode again
+        assert t.mode() == t.initial_mode  # out of raw mode again
     wait_until("the shell is gone", lambda: container_processes(box) == base)
 
 
@@ -200,6 +215,12 @@ def test_it_runs_a_new_container_with_an_interactive_shell(rt: Daemon) -> None:
         assert t.expect(b"33 101\r\n").endswith(b"/dev/pts/0\r\n42\r\n33 101\r\n")
         assert rt.client.inspect(name)["spec"]["memory_mb"] == 64
         assert rt.client.stats(name)["memory_limit_bytes"] == 64 << 20
+        t.send(b"sleep 100\r")
+        wait_until("sleep 100 runs", lambda: "sleep 100" in container_processes(name))
+        t.send(b"\x03")
+        t.expect(b"$ ")
+        t.send(b"echo rc=$?\r")
+        t.expect(b"rc=130\r\n")
         t.send(b"exit 3\r")
         assert t.wait() == 3
     with pytest.raises(DaemonError, match="no such container"):
@@ -278,10 +299,9 @@ def test_it_refuses_an_interactive_exec_into_a_stopped_container_clearly(rt: Dae
     c = rt.run(tiny, ["true"])
     assert rt.wait(c["id"])["state"] == "exited"
     with terminal(rt, "exec", "-it", c["id"], "--", "/bin/sh") as t:
-        before = t.mode()
         assert t.wait() == 1
         assert t.out.decode() == f"error: container {c['id']} is exited, not running; exec needs a running container\r\n"
-        assert t.mode() == before
+        assert t.mode() == t.initial_mode
     missing = cli(rt, "exec", "-it", "no-such", "--", "sh")
     assert (missing.returncode, missing.stderr) == (1, "error: no such container: no-such\n")
     nothing = cli(rt, "exec", "-it", c["id"])
@@ -299,3 +319,17 @@ def test_it_says_what_is_wrong_with_a_session_request(rt: Daemon, box: str) -> N
     with rt.client.exec_session(box, ["no-such-tool"]) as s:
         code = s.wait()
         assert code == 127 and b"cannot run no-such-tool" in os.read(s.fds[2], 4096)
+
+
+def test_it_restores_the_terminal_and_says_so_when_the_daemon_goes_away(rt: Daemon, box: str) -> None:
+    with terminal(rt, "exec", "-it", box, "--", "/bin/sh") as t:
+        t.expect(b"$ ")
+        assert t.raw()
+        rt.stop()
+        try:
+            assert t.wait() == 1
+            assert t.out.endswith(b"error: the runtime daemon closed the session before it ended\r\n")
+            assert t.mode() == t.initial_mode
+        finally:
+            rt.start()  # the container outlived it; the next tests use it again
+    assert rt.client.inspect(box)["state"] == "running"
