@@ -142,9 +142,9 @@ def _follow_to_end(agent: Agent, cid: str, out: RunOutput, remaining_s: float, l
     code, message = _ended(agent, cid)
     if timed_out.is_set():
         message = f"it was stopped after its time limit of {limit_s:g} s"
+    out.finish(code, message)  # first: whoever waits for the exit need not wait for the removal
     with contextlib.suppress(DaemonError):
         agent.daemon.remove(cid, force=True)
-    out.finish(code, message)
     with contextlib.suppress(redis.RedisError):
         agent.reporter.event(cid, "exited", exit_code=code)
     return {"ok": True, "id": cid, "exit_code": code, "message": message}
