@@ -24,15 +24,21 @@ def stack_cache() -> Path:
     return Path(os.environ.get("PAAS_STACK_CACHE_DIR", "/var/cache/paas/stacks"))
 
 
-def linked_stack_store(dest: Path) -> ImageStore:
-    """A throw-away image store holding the real stack: hard links into the per-host test store.
+def shared_stack_store() -> ImageStore:
+    """The per-host test store with the real stack in it, built (or imported) once per host.
 
-    The stack is built (or imported) into that store once per host; linking its unpacked layer
-    takes a second where unpacking it again takes a minute. Layers are read-only to everyone.
+    Tests only read it: containers use its unpacked layer as a read-only lower directory.
     """
     cache = stack_cache()
-    shared = cache / "test-store"
-    build_stack(ImageStore(shared), STACK, cache)
+    shared = ImageStore(cache / "test-store")
+    build_stack(shared, STACK, cache)
+    return shared
+
+
+def linked_stack_store(dest: Path) -> ImageStore:
+    """A throw-away image store holding the real stack, for tests that add images to it: hard
+    links into the per-host test store, which takes seconds where unpacking takes a minute."""
+    shared = shared_stack_store().root
     dest.mkdir(parents=True, exist_ok=True)
     for part in ("oci", "layers"):
         subprocess.run(["cp", "-al", str(shared / part), str(dest / part)], check=True)
@@ -72,7 +78,7 @@ def build_host_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bui
     if os.geteuid() != 0:
         pytest.fail("builds in runtime containers need root")
     root = tmp_path_factory.mktemp("build-runtime")
-    store = linked_stack_store(root / "images")
+    store = shared_stack_store()
     daemon = start_network_daemon(root / "runtime")
     try:
         yield BuildHost(daemon=daemon, stack=store.resolve(f"stack:{STACK}"), store=store)

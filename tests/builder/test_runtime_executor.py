@@ -207,3 +207,16 @@ def test_it_removes_the_container_when_the_build_is_cancelled(
     with pytest.raises(BuildError, match=r"exited with (signal 9|status 137)"):
         build(request_for(app_source, buildpacks=[str(bp)]), executor, on_line)
     assert build_containers(build_host) == []
+
+
+@pytest.mark.parametrize("app", ["flask", "express"])
+def test_it_builds_a_real_app_with_its_registry_dependencies_in_a_container(
+    build_host: BuildHost, request_for: RequestFor, tmp_path: Path, app: str
+) -> None:
+    lines = Output()
+    executor = in_container(build_host, ca_certs=Path("/etc/ssl/certs"))
+    result = build(request_for(copy_app(app, tmp_path), timeout=600), executor, lines.append)
+    assert "web" in result.process_types.types, lines.text
+    installed = {"flask": "app/.venv/bin/gunicorn", "express": "app/node_modules/express/package.json"}[app]
+    assert (result.app_dir.parent / installed).exists(), lines.text
+    assert build_containers(build_host) == []
