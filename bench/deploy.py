@@ -189,14 +189,20 @@ class Booter:
             self.client.remove(spec["id"], force=True)
 
     def close(self) -> None:
-        from runtime.network import HostNetwork
-
         if self.proc.poll() is None:
             for c in self.client.list():
                 self.client.remove(c["id"], force=True)
             self.proc.terminate()
             self.proc.wait(timeout=30)
-        HostNetwork(self.bridge, self.subnet, self.root / "network").teardown()
+        # In a process of its own: pyroute2's event loop complains on its way out.
+        done = subprocess.run(
+            [sys.executable, "-c", "import sys; from pathlib import Path; "
+             "from runtime.network import HostNetwork; "
+             "HostNetwork(sys.argv[1], sys.argv[2], Path(sys.argv[3])).teardown()",
+             self.bridge, self.subnet, str(self.root / "network")],
+            cwd=ROOT, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            print(f"could not remove the bridge {self.bridge}:\n{done.stderr}", file=sys.stderr)
 
 
 def median_phases(pushes: list[Push]) -> dict[str, float]:
@@ -229,6 +235,10 @@ def main() -> int:
     if not args.no_boot and os.geteuid() != 0:
         parser.error("booting the release needs root (the runtime daemon); use --no-boot")
 
+    def stop(signum: int, _frame: object) -> None:
+        raise SystemExit(f"stopped by signal {signum}")
+
+    signal.signal(signal.SIGTERM, stop)  # so that the clean-up below runs
     work = Path(tempfile.mkdtemp(prefix="paas-bench-deploy-"))
     port, redis_port = free_port(), free_port()
     runtime_dir = work / "data" / "runtime"
@@ -259,12 +269,16 @@ def main() -> int:
         subprocess.run(stack_cmd, cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL)
         if not args.no_boot:
             booter = Booter(runtime_dir, env)
-        procs.append(subprocess.Popen(
-            [str(BIN / "gunicorn"), "controlplane.wsgi", "--bind", f"127.0.0.1:{port}",
-             "--worker-class", "gthread", "--threads", "4"], cwd=ROOT, env=env,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
+        web_log = work / "web.log"
+        with web_log.open("wb") as log:
+            procs.append(subprocess.Popen(
+                [str(BIN / "gunicorn"), "controlplane.wsgi", "--bind", f"127.0.0.1:{port}",
+                 "--worker-class", "gthread", "--threads", "4"], cwd=ROOT, env=env,
+                stdout=subprocess.DEVNULL, stderr=log, start_new_session=True))
         url = f"http://127.0.0.1:{port}"
         for _ in range(300):
+            if procs[-1].poll() is not None:
+                raise SystemExit("the control plane did not start:\n" + web_log.read_text()[-3000:])
             try:
                 httpx.get(url + "/api/v1/account", timeout=2)
                 break

@@ -7,6 +7,7 @@ the builds of one test run.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from builder.buildpack import BUILTIN_DIR, BuildRequest, build
+from builder.buildpack import BUILTIN_DIR, BuildRequest, BuildResult, build
 from builder.errors import BuildError
 from builder.executor import HostExecutor
 from builder.slug import launch_argv
@@ -52,6 +53,16 @@ def test_it_builds_and_runs_the_flask_app_under_gunicorn(
     assert (result.app_dir / ".venv" / "bin" / "gunicorn").read_text().startswith("#!/usr/bin/env python3\n")
     assert result.exported_env["VIRTUAL_ENV"] == "/app/.venv"
     assert result.exported_env["PATH"].startswith("/app/.venv/bin:")
+    # The stack's pip installed into the virtualenv, which has none of its own.
+    site = next((result.app_dir / ".venv" / "lib").glob("python3.*/site-packages"))
+    assert (site / "flask").is_dir() and not (site / "pip").exists()
+    # The slug's files carry one fixed time: the bytecode is hash-checked, not mtime-checked.
+    pyc = next((site / "flask" / "__pycache__").glob("app.*.pyc"))
+    assert int.from_bytes(pyc.read_bytes()[4:8], "little") == 0b11
+    # The virtualenv is a layer of its own, under the app's.
+    venv_layer, app_layer = result.slug.layers
+    assert venv_layer.media_type == "application/vnd.oci.image.layer.v1.tar"
+    assert result.slug.size == venv_layer.size + app_layer.size
 
 
 PYPROJECT_VIRTUAL = """
@@ -347,14 +358,22 @@ def test_it_reuses_the_virtualenv_while_requirements_and_python_stay_the_same(
     (src / "Procfile").write_text("worker: python -c 'import sys; print(sys.prefix)'\n")
     cache = shared_cache
 
-    def build_once(n: int) -> Path:
+    def build_once(n: int) -> BuildResult:
         req = BuildRequest(app="venv-reuse", source_dir=src, work_dir=tmp_path / f"work{n}", cache_dir=cache)
-        return build(req, HostExecutor(), output.append).app_dir
+        return build(req, HostExecutor(), output.append)
 
-    build_once(1)
-    app_dir = build_once(2)
-    assert [line for line in output if line.startswith("-----> Creating a virtualenv")] != []
+    first = build_once(1)
+    assert any(line.startswith("-----> Creating a virtualenv") for line in output)
+    assert "-----> Keeping the virtualenv for the next build" in output
+    output.clear()
+    (src / "Procfile").write_text("worker: python -c 'import sys; print(sys.prefix, 2)'\n")
+    second = build_once(2)
+    app_dir = second.app_dir
     assert "-----> Reusing the virtualenv of the last build (requirements.txt and Python unchanged)" in output
+    assert not any(line.startswith("-----> Creating a virtualenv") for line in output)
+    # The same virtualenv packs to the same layer, which the image store then already holds.
+    assert second.slug.lower[0].digest == first.slug.lower[0].digest
+    assert second.slug.digest != first.slug.digest
     prefix = subprocess.run(
         launch_argv("python -c 'import sys; print(sys.prefix)'"),
         env={"PATH": "/usr/bin:/bin", "HOME": str(app_dir)}, capture_output=True, text=True, check=True,
@@ -365,3 +384,38 @@ def test_it_reuses_the_virtualenv_while_requirements_and_python_stay_the_same(
     (src / "requirements.txt").write_text("# nothing yet, still\n")
     build_once(3)
     assert any(line.startswith("-----> Creating a virtualenv") for line in output)
+    assert not any(line.startswith("-----> Reusing the virtualenv") for line in output)
+
+
+@pytest.mark.slow
+def test_it_seeds_the_virtualenvs_own_pip_when_the_stacks_python_has_none(tmp_path: Path) -> None:
+    # A stack whose python3.11 cannot import pip (site-packages off) gets a virtualenv with pip.
+    stack_bin = tmp_path / "stack-bin"
+    stack_bin.mkdir()
+    wrapper = stack_bin / "python3.11"
+    wrapper.write_text("#!/bin/sh\nexec /usr/bin/python3.11 -S \"$@\"\n")
+    wrapper.chmod(0o755)
+    bp = tmp_path / "bp"
+    shutil.copytree(BUILTIN_DIR / "python", bp)
+    shutil.copytree(BUILTIN_DIR / "lib", bp / "lib", dirs_exist_ok=True)
+    build_dir, cache, env_dir, home = (tmp_path / n for n in ("build", "cache", "env", "home"))
+    for d in (build_dir, cache, env_dir, home):
+        d.mkdir()
+    (build_dir / "requirements.txt").write_text("# nothing to install\n")
+    env = {"PATH": f"{stack_bin}:/usr/bin:/bin", "HOME": str(home), "TMPDIR": str(tmp_path),
+           "LANG": "C.UTF-8"}
+
+    def compile_once() -> str:
+        proc = subprocess.run([str(bp / "bin" / "compile"), str(build_dir), str(cache), str(env_dir)],
+                              env=env, capture_output=True, text=True, check=False, timeout=300)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return proc.stdout
+
+    said = compile_once()
+    assert "-----> Creating a virtualenv with Python 3.11" in said
+    site = next((build_dir / ".venv" / "lib").glob("python3.*/site-packages"))
+    assert (site / "pip").is_dir()
+    shutil.rmtree(build_dir / ".venv")
+    (build_dir / "requirements.txt").write_text("# still nothing\n")
+    assert "(from the cached seed)" in compile_once()
+    assert (site / "pip").is_dir()
