@@ -220,3 +220,21 @@ def test_it_builds_a_real_app_with_its_registry_dependencies_in_a_container(
     installed = {"flask": "app/.venv/bin/gunicorn", "express": "app/node_modules/express/package.json"}[app]
     assert (result.app_dir.parent / installed).exists(), lines.text
     assert build_containers(build_host) == []
+
+
+def test_it_passes_exports_on_in_the_container_and_only_what_they_set_into_the_image(
+    build_host: BuildHost, app_source: Path, request_for: RequestFor, make_buildpack: MakeBuildpack
+) -> None:
+    first = make_buildpack("first", compile="""
+        mkdir -p "$1/vendor/bin"
+        echo "export PATH=\\"$1/vendor/bin:\\$PATH\\"" > "$(dirname "$0")/../export"
+        echo 'export TOOL_HOME=/opt/tool' >> "$(dirname "$0")/../export"
+    """)
+    second = make_buildpack("second", compile='echo "second sees TOOL_HOME=$TOOL_HOME PATH=$PATH"')
+    lines = Output()
+    req = request_for(app_source, buildpacks=[str(first), str(second)])
+    result = build(req, in_container(build_host), lines.append)
+    assert any(line.startswith("second sees TOOL_HOME=/opt/tool PATH=/tmp/build/vendor/bin:") for line in lines)
+    # The container's own variables (HOSTNAME, DEBIAN_FRONTEND from the stack) stay out.
+    assert sorted(result.exported_env) == ["PATH", "TOOL_HOME"]
+    assert result.exported_env["PATH"].startswith("/app/vendor/bin:")
