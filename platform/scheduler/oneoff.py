@@ -43,7 +43,7 @@ from core.errors import Conflict, Invalid, NotFound
 from core.models import App, Build, BuildStatus, Formation, Release, ReleaseStatus
 from runtime.agent.oneoff import RUN_TTL_S, STOP_GRACE_S, TIMEOUT_LABEL, run_stream
 from runtime.spec import ContainerSpec, SpecError
-from scheduler import dispatch
+from scheduler import applog, dispatch
 from scheduler.conf import SchedulerSettings
 from scheduler.placement import Request, place
 from scheduler.planner import Plan
@@ -184,6 +184,9 @@ def start(app: App, command: object, *, release: Release | None = None, kind: st
     pipe.zadd(ACTIVE_KEY.format(app=app.name), {cid: run.deadline + STOP_GRACE_S + LOST_AFTER_S})
     pipe.execute()
     dispatch.current.oneoff(where.host, spec, float(limit))
+    shown = " ".join(argv[2:3] if argv[:2] == ["/bin/sh", "-c"] else argv)
+    applog.write(app.name, f"Starting process with command `{shown[:200]}` ({release.name}) on "
+                 f"{where.host}", run.name)
     log.info("one-off %s of %s (%s) sent to %s", run.name, app.name, release.name, where.host)
     return run
 
@@ -395,10 +398,12 @@ def plan_release(app: App, target: Release | None, now: float) -> tuple[Release 
     phase = release_phase(app, target, formation, now)
     if phase.state in ("none", "succeeded"):
         if target.status == ReleaseStatus.RELEASING:
+            applog.write(app.name, f"Release phase of {target.name} succeeded")
             target.status, target.status_reason = ReleaseStatus.PENDING, ""
             target.save(update_fields=["status", "status_reason"])
         return target, False
     if phase.state == "failed":
+        applog.write(app.name, f"Release {target.name} failed: {phase.reason}")
         target.status = ReleaseStatus.FAILED
         target.status_reason = phase.reason
         target.status_log = phase.log

@@ -34,9 +34,10 @@ def start(client: Client, app: Any, command: Any, **extra: Any) -> Any:
 
 
 def test_it_sends_a_one_off_of_the_current_release_to_a_ready_host(
-        app, hosts, member, agents: RecordingDispatcher) -> None:
+        app, hosts, member, agents: RecordingDispatcher, r, django_capture_on_commit_callbacks) -> None:
     actions.config_set(actor=member, app=app, values={"DATABASE_URL": "postgres://db/x"})
-    answer = start(api(member), app, ["python", "manage.py", "migrate"], size="1G")
+    with django_capture_on_commit_callbacks(execute=True):
+        answer = start(api(member), app, ["python", "manage.py", "migrate"], size="1G")
     assert answer.status_code == 201, answer.content
     run = answer.json()
     assert run["name"] == "run.1" and run["release"] == app.current_release().version
@@ -49,6 +50,11 @@ def test_it_sends_a_one_off_of_the_current_release_to_a_ready_host(
     assert spec.get("readiness") is None and spec.get("port") is None
     assert timeout == oneoff.run_timeout_s()
     assert agents.runs == []  # nothing for the reconciler: no Container row, no formation
+    from router.metrics import logs_key
+
+    logged = [(f[b"tag"], f[b"line"]) for _i, f in r.xrange(logs_key(app.name))]
+    assert (b"paas[run.1]", f"Starting process with command `python manage.py migrate` "
+            f"(v{run['release']}) on {host}".encode()) in logged
     event = AuditEvent.objects.get(action="run.create", app=app)
     assert event.data["command"] == "python manage.py migrate" and event.data["name"] == "run.1"
     # The next one is run.2; a string is run by /bin/sh -c.

@@ -138,6 +138,10 @@ def test_a_failed_release_command_fails_the_release_and_the_old_one_keeps_servin
     assert agents.runs == [] and agents.stops == []
     assert sorted(c.id for c in containers(app)) == old
     assert {c.release_id for c in containers(app)} == {before.pk}
+    from router.metrics import logs_key
+
+    logged = [f[b"line"].decode() for _i, f in r.xrange(logs_key(app.name))]
+    assert f"Release {release.name} failed: its release command exited with status 1" in logged
     run(app)
     assert len(agents.oneoffs) == 1 and agents.runs == []
 
