@@ -11,7 +11,10 @@ app directly, through nginx and through the router, one after the other in the s
                             [--workers 2] [--json]
 
 Throughput is measured saturated (--connections); latency also at light load
-(--light-connections), where queueing does not hide what the proxy adds.
+(--light-connections), where queueing does not hide what the proxy adds. During the saturated
+runs the script also reads each proxy's CPU time from /proc (all its processes; for the router
+also the redis-server that takes its access-log lines, as nginx writes its own) and reports CPU
+microseconds per request: on a busy shared machine that figure moves much less than req/s.
 """
 
 from __future__ import annotations
@@ -141,6 +144,36 @@ def run_wrk(url: str, host: str, duration: int, connections: int, threads: int) 
     }
 
 
+def process_tree(pid: int) -> list[int]:
+    """The process and all its descendants, from /proc."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            parents.setdefault(int(fields[1]), []).append(int(entry.name))
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo.extend(parents.get(current, []))
+    return tree
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User plus system CPU time of these processes (those that are gone count 0)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def median_round(runs: list[dict[str, float]]) -> dict[str, float]:
     return {key: statistics.median(r[key] for r in runs) for key in runs[0]}
 
@@ -194,6 +227,9 @@ def main() -> int:
         wait_http(router_port, host)
 
         targets = {"direct": app_port, "nginx": nginx_port, "router": router_port}
+        # Whose CPU time each target costs (the app's own is the same behind both proxies).
+        costs = {"direct": process_tree(procs[1].pid), "nginx": process_tree(procs[2].pid),
+                 "router": [*process_tree(procs[3].pid), procs[0].pid]}
         for port in targets.values():
             run_wrk(f"http://127.0.0.1:{port}/", host, 1, args.connections, args.threads)  # warm-up
         # The machine is shared and noisy: run the targets in turns, in a rotating order, and
@@ -203,8 +239,12 @@ def main() -> int:
         order = list(targets)
         for _ in range(args.rounds):
             for name in order:
-                rounds[name].append(run_wrk(f"http://127.0.0.1:{targets[name]}/", host, args.duration,
-                                            args.connections, args.threads))
+                before = cpu_seconds(costs[name])
+                result = run_wrk(f"http://127.0.0.1:{targets[name]}/", host, args.duration, args.connections,
+                                 args.threads)
+                spent = cpu_seconds(costs[name]) - before
+                result["cpu_us_per_request"] = spent / max(1.0, result["rps"] * args.duration) * 1e6
+                rounds[name].append(result)
                 light[name].append(run_wrk(f"http://127.0.0.1:{targets[name]}/", host, args.duration,
                                            args.light_connections, 1))
             order = order[1:] + order[:1]
@@ -238,6 +278,10 @@ def main() -> int:
         "nginx_light_added_p99_ms": round(light_results["nginx"]["p99_ms"] - light_results["direct"]["p99_ms"], 3),
         "errors": errors["router"],
         "nginx_errors": errors["nginx"],
+        "router_cpu_us_per_request": round(results["router"]["cpu_us_per_request"], 1),
+        "nginx_cpu_us_per_request": round(results["nginx"]["cpu_us_per_request"], 1),
+        "cpu_ratio_nginx_to_router": round(results["nginx"]["cpu_us_per_request"]
+                                           / max(0.001, results["router"]["cpu_us_per_request"]), 3),
         "router_requests_recorded": int(metrics.get(b"requests", 0)),
         "workers": args.workers,
         "connections": args.connections,
@@ -245,14 +289,17 @@ def main() -> int:
         "rounds": args.rounds,
     }
     print(f"median of {args.rounds} rounds of {args.duration} s each, {args.connections} connections")
-    print(f"{'target':<8} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
+    print(f"{'target':<8} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'CPU us/req':>11}")
     for name in ("direct", "nginx", "router"):
         r = results[name]
-        print(f"{name:<8} {r['rps']:>10.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {errors[name]:>7}")
+        cost = f"{r['cpu_us_per_request']:>11.1f}" if name != "direct" else f"{'-':>11}"
+        print(f"{name:<8} {r['rps']:>10.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {errors[name]:>7} {cost}")
     print(f"\nlight load ({args.light_connections} connections): p50/p99 ms")
     for name in ("direct", "nginx", "router"):
         r = light_results[name]
         print(f"{name:<8} {r['rps']:>10.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f}")
+    print(f"CPU per request (proxy processes only; the router's includes its redis-server): "
+          f"nginx/router {figures['cpu_ratio_nginx_to_router']:.3f}")
     print(f"router/nginx throughput ratio: {figures['ratio_vs_nginx']:.3f}"
           f"  (router workers: {args.workers}, nginx workers: {args.workers}, {args.connections} connections)")
     if args.json:
