@@ -233,6 +233,12 @@ def test_it_logs_in_creates_configures_scales_and_rolls_back_an_app(
     assert isinstance(ps, dict)
     quantities = {row["type"]: row["quantity"] for row in ps["formation"]}
     assert quantities == {"web": 2, "worker": 1}
+    out = alice.paas("ps:readiness", "web", "/healthz", "--timeout", "90", cwd=repo)
+    assert "http GET /healthz, 90 s" in out.stdout
+    out = alice.paas("scale", "worker=1", "--constraint", "region=eu", cwd=repo)
+    out = alice.paas("ps", cwd=repo)
+    worker_line = next(line for line in out.stdout.splitlines() if line.startswith("worker "))
+    assert "region=eu" in worker_line and out.stdout.endswith("\nv3 is pending.\n")
 
     out = alice.paas("releases", cwd=repo)
     for version in ("v1", "v2", "v3"):
