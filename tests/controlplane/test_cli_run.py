@@ -201,3 +201,18 @@ def test_it_says_clearly_when_the_image_is_missing_on_the_host(platform: Platfor
     result = platform.paas("run", "-a", platform.app, "--", "true")
     assert result.returncode == 1
     assert "did not run to its end" in result.stderr and missing[:20] in result.stderr, result.stderr
+
+
+def test_it_says_clearly_when_no_host_can_take_it(platform: Platform) -> None:
+    def host_state(state: str) -> None:
+        platform.server.manage("shell", "--verbosity", "0", "-c",
+                               "from core.models import Host\n"
+                               f"Host.objects.filter(name={platform.host!r}).update(state={state!r})\n")
+
+    host_state("down")
+    try:
+        result = platform.paas("run", "-a", platform.app, "--", "true")
+    finally:
+        host_state("ready")
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"paas: The one-off cannot start: no ready host to place {platform.app} run")
