@@ -73,3 +73,18 @@ def test_it_writes_counters_and_a_capped_log_stream_to_redis(redis_client: redis
     entries = redis_client.xrange("paas:logs:web1")
     assert [e[1][b"line"] for e in entries] == [f'at=info status=200 path="/a b\tc" n={i}'.encode() for i in range(3)]
     assert entries[0][1][b"tag"] == b"router" and entries[0][1][b"time"] == b"6000.000000"
+
+
+def test_it_keeps_the_log_stream_near_its_cap(redis_client: redis.Redis) -> None:
+    recorder = Recorder(log_maxlen=100, clock=lambda: 6000.0)
+    for batch in range(5):
+        for i in range(200):
+            recorder.record("web1", 200, 1.0, 0, 0, f"line {batch}.{i}")
+        pipe = redis_client.pipeline(transaction=False)
+        for command in recorder.take():
+            pipe.execute_command(*command)
+        pipe.execute()
+    # Trimming is approximate (whole stream nodes of 100 entries) and once per batch.
+    assert 100 <= redis_client.xlen("paas:logs:web1") < 300
+    last = redis_client.xrevrange("paas:logs:web1", count=1)[0][1]
+    assert last[b"line"] == b"line 4.199" and last[b"tag"] == b"router"
