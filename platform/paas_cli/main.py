@@ -665,6 +665,7 @@ def releases_info(version: str, app: str | None, as_json: bool) -> None:
     if as_json:
         output.say(dumps(release))
         return
+    reason = output.text(release.get("status_reason"))
     output.print_pairs([
         ("Release", output.release_name(release)),
         ("Description", output.text(release.get("description"))),
@@ -674,7 +675,7 @@ def releases_info(version: str, app: str | None, as_json: bool) -> None:
         ("By", output.text(release.get("created_by"))),
         ("Created", output.when(release.get("created_at"))),
         ("Status", output.text(release.get("status"))),
-        ("Reason", output.text(release.get("status_reason"))),
+        *([("Reason", reason)] if reason else []),
     ])
     log = output.text(release.get("status_log"))
     if log:

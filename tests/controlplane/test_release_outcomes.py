@@ -90,5 +90,7 @@ def test_it_shows_the_reason_and_last_output_in_paas_releases_info(acme, deploye
     lines = result.out.splitlines()
     assert "Status:" in result.out and any(x.startswith("Reason:") and "oom" in x for x in lines)
     assert lines[-3:] == ["Last output:", "  loading model", "  Killed"]
+    plain = paas("releases:info", "v1", "--app", "web1")
+    assert "Status:" in plain.out and "Reason" not in plain.out and "Last output" not in plain.out
     as_json = paas("releases:info", "v2", "--app", "web1", "--json")
     assert '"status_log": "loading model\\nKilled"' in as_json.out
