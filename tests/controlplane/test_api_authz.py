@@ -98,6 +98,7 @@ CASES = [
     Case("POST", "apps/web1/domains", DEPLOY(201), {"hostname": "www.example.com"}),
     Case("DELETE", "apps/web1/domains/shop.example.com", DEPLOY(204), setup=_add_domain),
     Case("GET", "apps/web1/events", READ),
+    Case("GET", "apps/web1/logs", READ),
     Case("GET", "hosts", ALL(200), setup=_host),
     Case("POST", "hosts", STAFF(201),
          {"name": "h2", "address": "10.0.0.2", "memory_mb": 2048, "cpus": 2}),
