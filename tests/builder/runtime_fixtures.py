@@ -36,12 +36,19 @@ def shared_stack_store() -> ImageStore:
 
 
 def linked_stack_store(dest: Path) -> ImageStore:
-    """A throw-away image store holding the real stack, for tests that add images to it: hard
-    links into the per-host test store, which takes seconds where unpacking takes a minute."""
-    shared = shared_stack_store().root
+    """A throw-away image store holding the real stack, for tests that add images to it.
+
+    Its OCI layout is hard links into the per-host test store's, and each unpacked layer a
+    symlink to the test store's (read-only to every container): seconds to make and to remove,
+    where unpacking the stack takes a minute.
+    """
+    shared = shared_stack_store()
     dest.mkdir(parents=True, exist_ok=True)
-    for part in ("oci", "layers"):
-        subprocess.run(["cp", "-al", str(shared / part), str(dest / part)], check=True)
+    subprocess.run(["cp", "-al", str(shared.root / "oci"), str(dest / "oci")], check=True)
+    layers = dest / "layers" / "sha256"
+    layers.mkdir(parents=True)
+    for layer in shared.layers_dir.iterdir():
+        (layers / layer.name).symlink_to(layer)
     return ImageStore(dest)
 
 
