@@ -96,15 +96,17 @@ def item(entry_id: bytes, fields: dict[bytes, bytes]) -> dict[str, str]:
 
 
 def tail(r: redis.Redis[bytes], key: str, n: int, ps: str | None,
-         after: str | None = None) -> tuple[list[dict[str, str]], str]:
-    """The last `n` matching lines (only those after `after` if given), oldest first, and the
-    id to follow from."""
+         after: str | None = None, since: str = "0-0") -> tuple[list[dict[str, str]], str]:
+    """The last `n` matching lines (only those after `after` if given, and none before the id
+    `since`), oldest first, and the id to follow from."""
+    given = after
+    after = max(given or "0-0", _before(since), key=_id_key)
     newest = r.xrevrange(key, count=1)
-    last = newest[0][0].decode() if newest else (after or "0-0")
-    if after is not None and n == 0:
-        last = after
+    last = newest[0][0].decode() if newest else after
+    if (given is not None and n == 0) or _id_key(last) < _id_key(after):
+        last = after  # a reconnect resumes exactly where the last answer ended
     found: list[dict[str, str]] = []
-    high, low = "+", (f"({after}" if after else "-")
+    high, low = "+", f"({after}"
     while len(found) < n:
         chunk = r.xrevrange(key, max=high, min=low, count=SCAN_CHUNK)
         for eid, fields in chunk:
@@ -117,6 +119,19 @@ def tail(r: redis.Redis[bytes], key: str, n: int, ps: str | None,
         high = f"({chunk[-1][0].decode()}"
     found.reverse()
     return found, last
+
+
+def _id_key(eid: str) -> tuple[int, int]:
+    ms, _, seq = eid.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def _before(eid: str) -> str:
+    """The id just before `eid` (so that `(id` ranges include `eid` itself)."""
+    ms, seq = _id_key(eid)
+    if seq:
+        return f"{ms}-{seq - 1}"
+    return f"{ms - 1}-{2**64 - 1}" if ms else "0-0"
 
 
 def follow(r: redis.Redis[bytes], key: str, last: str, ps: str | None, *, block_ms: int,
@@ -245,7 +260,9 @@ class AppLogsView(APIView):
         r = _client(str(settings.REDIS_URL), keepalive_ms / 1000 + 10)
         key = logs_key(row.name)
         try:
-            lines, last = tail(r, key, query.lines, query.ps, query.after)
+            # A destroyed app's name can be taken again: its lines are not the new app's.
+            since = f"{int(row.created_at.timestamp() * 1000)}-0"
+            lines, last = tail(r, key, query.lines, query.ps, query.after, since)
         except redis.RedisError:
             raise LogsUnavailable("The log store (Redis) cannot be reached; try again shortly.") from None
         body: Iterator[bytes] = log_stream(r, key, lines, last, query)

@@ -52,6 +52,15 @@ def write(app: str, line: str, source: str = SCHEDULER) -> None:
     transaction.on_commit(send)
 
 
+def forget(app: str) -> None:
+    """Delete a destroyed app's log stream (the API never shows a new app of the same name
+    lines older than the app, whatever writes arrive late)."""
+    try:
+        _client(str(settings.REDIS_URL)).delete(logs_key(app))
+    except redis.RedisError as e:
+        log.warning("could not delete the log of %s: %s", app, e)
+
+
 def container_ended(c: Container) -> str:
     """How a container that was not stopped ended: `Crashed: exited with code 1`, `Was
     OOM-killed (limit 512 MB)`, `Failed: <why>`."""

@@ -4,7 +4,7 @@
   which every action that changes desired state enqueues, hands over to it). Re-sent after a
   second when another run holds the app's lock, and at the end of a crash back-off.
 - `scheduler.app_teardown(app_name=)`: a destroyed app's routes and custom domains leave the
-  route table (`core.app_teardown` hands over to it).
+  route table and its log stream goes (`core.app_teardown` hands over to it).
 - `scheduler.ingest()`: on the beat (every `PAAS_SCHEDULER_TICK_S`, default 2 s): read the
   agents' reports, write changed apps' routes, reconcile them.
 - `scheduler.tick()`: on the beat (every 30 s): reconcile every app that runs or wants
@@ -22,6 +22,7 @@ from django.db.models import Q
 
 from controlplane.celery import app as celery_app
 from core.models import App
+from scheduler import applog
 from scheduler.ingest import ingest
 from scheduler.reconcile import reconcile_app, redis_client, routes_delete, routes_sync
 
@@ -45,12 +46,13 @@ def app_reconcile(*, app_id: int) -> None:
 
 @celery_app.task(name="scheduler.app_teardown", ignore_result=True, acks_late=True)  # type: ignore[untyped-decorator]
 def app_teardown(*, app_name: str) -> None:
-    """Take a destroyed app out of the route table.
+    """Take a destroyed app out of the route table and delete its log stream.
 
     Its Container rows went with the app; each host's next heartbeat then lists containers the
     database no longer knows, and ingestion stops them (see `ingest`).
     """
     routes_delete(app_name)
+    applog.forget(app_name)
 
 
 @celery_app.task(name="scheduler.ingest", ignore_result=True)  # type: ignore[untyped-decorator]

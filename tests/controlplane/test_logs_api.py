@@ -192,3 +192,26 @@ def test_it_refuses_followers_past_its_limit_until_one_ends(
     again = client.get(f"{base}?follow=1")
     assert again.status_code == 200
     again.close()
+
+
+def test_lines_from_before_the_app_was_created_are_not_its_own(
+    acme: Acme, app: App, r: redis.Redis[bytes]
+) -> None:
+    # A destroyed app of the same name wrote these (the stream outlived it).
+    r.xadd(logs_key(app.name), {"time": "1", "tag": "app[web.1]", "line": "old secret"},
+           id="1000-0")
+    add(r, app, "app[web.1]", "mine")
+    client = client_for(acme.owner)
+    assert lines_of(read(client.get(f"/api/v1/apps/{app.name}/logs"))) == ["mine"]
+    assert lines_of(read(client.get(f"/api/v1/apps/{app.name}/logs?after=999-0"))) == ["mine"]
+
+
+def test_following_without_a_tail_starts_at_the_newest_line(
+    acme: Acme, app: App, r: redis.Redis[bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PAAS_LOG_FOLLOW_MAX_S", "1")
+    monkeypatch.setenv("PAAS_LOG_FOLLOW_KEEPALIVE_MS", "200")
+    add(r, app, "app[web.1]", "already there")
+    response = client_for(acme.owner).get(f"/api/v1/apps/{app.name}/logs?follow=1&lines=0")
+    add(r, app, "app[web.1]", "new")
+    assert lines_of(read(response)) == ["new"]

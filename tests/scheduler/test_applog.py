@@ -141,3 +141,11 @@ def test_redis_away_costs_the_line_not_the_callers_work(
 def test_it_names_a_container_from_its_id() -> None:
     assert applog.container_name("shop.web.12.a1b2c3") == "web.12"
     assert applog.container_name("odd-id") == "odd-id"
+
+
+def test_a_destroyed_apps_log_stream_goes_with_it(app: App, r: redis.Redis) -> None:
+    from scheduler import tasks
+
+    r.xadd(logs_key(app.name), {"time": "1", "tag": "app[web.1]", "line": "bye"})
+    tasks.app_teardown.run(app_name=app.name)
+    assert r.exists(logs_key(app.name)) == 0
