@@ -149,6 +149,14 @@ def test_it_refuses_a_spec_with_an_unknown_field(agent: Agent, daemon: FakeDaemo
     assert "unknown field(s): privileged" in event.message
 
 
+def test_it_refuses_host_mounts_in_a_spec_from_the_control_plane(agent: Agent, daemon: FakeDaemon,
+                                                                  rdb: redis.Redis[bytes]) -> None:
+    result = agent.run(spec(mounts=[{"source": "/", "target": "/host", "readonly": False}]))
+    assert result == {"ok": False, "id": "web1-v3-web-1",
+                      "error": "invalid container spec: mounts: host bind mounts are not allowed in this spec"}
+    assert daemon.ops() == []
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [
