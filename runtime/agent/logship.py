@@ -189,7 +189,10 @@ class LogShipper:
     def run(self, stop: threading.Event) -> None:
         """Poll and ship until `stop` is set, then ship what is left once."""
         while not stop.is_set():
-            self.step()
+            try:
+                self.step()
+            except Exception:  # whatever went wrong, the next round tries again
+                log.exception("shipping container logs failed")
             stop.wait(self.settings.poll_s)
         with contextlib.suppress(redis.RedisError, OSError):
             while self.flush():
