@@ -44,7 +44,7 @@ def _unavailable(e: redis.RedisError) -> Conflict:
 
 
 class RunListView(APIView):
-    @extend_schema(responses=OpenApiTypes.OBJECT)
+    @extend_schema(operation_id="apps_runs_list", responses=OpenApiTypes.OBJECT)
     def get(self, request: Request, app: str) -> Response:
         """The app's one-offs that are still running."""
         row = authz.app_get(_user(request), app)

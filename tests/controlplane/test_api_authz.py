@@ -58,6 +58,35 @@ def _host(acme: Any, app: Any) -> None:
     actions.host_register(actor=acme.staff, name="h1", address="10.0.0.1", memory_mb=1024, cpus=1)
 
 
+RUN_ID = "web1.run.1.abcdef"
+
+
+@pytest.fixture(autouse=True)
+def _agents_recorded(monkeypatch: pytest.MonkeyPatch) -> None:
+    # One-offs go to a recorder, never to a broker queue of a host that does not exist.
+    from scheduler import dispatch
+    from tests.scheduler.fakes import RecordingDispatcher
+
+    monkeypatch.setattr(dispatch, "current", RecordingDispatcher())
+
+
+def _run(acme: Any, app: Any) -> None:
+    """A one-off of web1 on h1 that has ended (so its output endpoint answers at once)."""
+    import time
+
+    from runtime.agent.oneoff import run_stream
+    from scheduler import oneoff
+
+    _host(acme, app)
+    run = oneoff.OneOff(id=RUN_ID, app="web1", type="run", number=1, host="h1", release=2,
+                        command=["true"], created_at=time.time(), deadline=time.time() + 60)
+    r = oneoff._redis()
+    r.set(oneoff.META_KEY.format(id=RUN_ID), json.dumps(run.to_dict()), ex=60)
+    r.delete(run_stream(RUN_ID))
+    r.xadd(run_stream(RUN_ID), {"exit": "0", "message": ""})
+    r.expire(run_stream(RUN_ID), 60)
+
+
 def _owner_token(acme: Any, app: Any) -> None:
     actions.token_create(actor=acme.owner, description="owner's")
 
@@ -99,6 +128,11 @@ CASES = [
     Case("DELETE", "apps/web1/domains/shop.example.com", DEPLOY(204), setup=_add_domain),
     Case("GET", "apps/web1/events", READ),
     Case("GET", "apps/web1/logs", READ),
+    Case("GET", "apps/web1/runs", READ),
+    Case("POST", "apps/web1/runs", DEPLOY(201), {"command": ["true"]}, setup=_host),
+    Case("GET", f"apps/web1/runs/{RUN_ID}", DEPLOY(200), setup=_run),
+    Case("DELETE", f"apps/web1/runs/{RUN_ID}", DEPLOY(204), setup=_run),
+    Case("GET", f"apps/web1/runs/{RUN_ID}/output", DEPLOY(200), setup=_run),
     Case("GET", "hosts", ALL(200), setup=_host),
     Case("POST", "hosts", STAFF(201),
          {"name": "h2", "address": "10.0.0.2", "memory_mb": 2048, "cpus": 2}),
