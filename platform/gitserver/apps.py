@@ -13,3 +13,6 @@ class GitServerConfig(AppConfig):
 
         repos.max_repo_bytes()
         deploy.build_settings()
+        deploy.executor_setting()
+        deploy.container_limits()
+        deploy.build_ca_certs()

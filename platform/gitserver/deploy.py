@@ -27,7 +27,7 @@ from builder.executor import (
 )
 from builder.image import assemble_image
 from builder.source import checkout
-from controlplane.env import data_dir, env_int, env_str
+from controlplane.env import ConfigError, data_dir, env_int, env_str
 from core.actions import build_create, build_finish
 from core.errors import ActionError
 from core.models import App
@@ -114,17 +114,34 @@ def build_executor(app: str, build_id: str, store: ImageStore, stack: str) -> Ex
             return False
         return True
 
-    mode = executor_mode(env_str("PAAS_BUILD_EXECUTOR", ""), daemon_answers, os.geteuid() == 0)
+    mode = executor_mode(executor_setting(), daemon_answers, os.geteuid() == 0)
     if mode == "host":
         return HostExecutor()
     image = store.resolve(stack)
-    limits = ContainerLimits(
-        memory_mb=env_int("PAAS_BUILD_MEMORY_MB", ContainerLimits.memory_mb),
-        cpu_quota=(env_int("PAAS_BUILD_CPUS", 2) or None),
-        pids_limit=env_int("PAAS_BUILD_PIDS", ContainerLimits.pids_limit),
-    )
     return RuntimeExecutor(client, image.digest, image.layers, image.config, app=app,
-                           build_id=build_id, limits=limits, ca_certs=build_ca_certs())
+                           build_id=build_id, limits=container_limits(), ca_certs=build_ca_certs())
+
+
+def executor_setting() -> str:
+    """PAAS_BUILD_EXECUTOR: `host`, `runtime`, or empty / `auto`."""
+    value = env_str("PAAS_BUILD_EXECUTOR", "")
+    if value.strip().lower() not in ("", "auto", "host", "runtime"):
+        raise ConfigError(f"PAAS_BUILD_EXECUTOR must be host, runtime or auto, not {value!r}")
+    return value
+
+
+def container_limits() -> ContainerLimits:
+    """PAAS_BUILD_MEMORY_MB (2048), PAAS_BUILD_CPUS (2; 0 for no limit), PAAS_BUILD_PIDS (1024)."""
+    memory = env_int("PAAS_BUILD_MEMORY_MB", ContainerLimits.memory_mb)
+    cpus = env_int("PAAS_BUILD_CPUS", 2)
+    pids = env_int("PAAS_BUILD_PIDS", ContainerLimits.pids_limit)
+    if not 64 <= memory <= 1024 * 1024:
+        raise ConfigError(f"PAAS_BUILD_MEMORY_MB must be between 64 and 1048576, not {memory}")
+    if not 0 <= cpus <= 1024:
+        raise ConfigError(f"PAAS_BUILD_CPUS must be between 0 (no limit) and 1024, not {cpus}")
+    if not 16 <= pids <= 1 << 22:
+        raise ConfigError(f"PAAS_BUILD_PIDS must be between 16 and {1 << 22}, not {pids}")
+    return ContainerLimits(memory_mb=memory, cpu_quota=float(cpus) or None, pids_limit=pids)
 
 
 def build_ca_certs() -> Path | None:
@@ -137,8 +154,10 @@ def build_ca_certs() -> Path | None:
     if value.lower() == "none" or not value:
         return None
     path = Path(value)
-    if value == DEFAULT_CA_CERTS and not (path / "ca-certificates.crt").is_file():
-        return None
+    if not (path / "ca-certificates.crt").is_file():
+        if value == DEFAULT_CA_CERTS:
+            return None
+        raise ConfigError(f"PAAS_BUILD_CA_CERTS: {value} has no ca-certificates.crt")
     return path
 
 
