@@ -35,7 +35,7 @@ import yaml
 from builder.errors import BuildError, BuildTimeout
 from builder.executor import BuildDirs, Executor, OnLine, StepTimeout
 from builder.procfile import ProcessTypes, read_procfile, resolve_process_types
-from builder.slug import SlugLayer, image_config, pack_slug
+from builder.slug import SlugLayer, image_config, layer_cache_dir, pack_slug
 from builder.source import (
     DEFAULT_MAX_FILE_BYTES,
     apply_slugignore,
@@ -289,7 +289,8 @@ class _Build:
                 f"The app is {size / 1024**2:.1f} MiB after the build, over the slug limit of "
                 f"{req.max_slug_bytes / 1024**2:.0f} MiB."
             )
-        slug = pack_slug(self.app_dir, req.work_dir / "slug.tar.gz", req.slug_uid, req.slug_gid)
+        slug = pack_slug(self.app_dir, req.work_dir / "slug.tar.gz", req.slug_uid, req.slug_gid,
+                         layer_cache=layer_cache_dir(req.cache_dir))
         self.out(f"{INDENT}Done: {_human(slug.size)}")
         env = {**exported, **config_vars}
         config = image_config(

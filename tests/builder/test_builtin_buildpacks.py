@@ -373,6 +373,7 @@ def test_it_reuses_the_virtualenv_while_requirements_and_python_stay_the_same(
     assert not any(line.startswith("-----> Creating a virtualenv") for line in output)
     # The same virtualenv packs to the same layer, which the image store then already holds.
     assert second.slug.lower[0].digest == first.slug.lower[0].digest
+    assert second.slug.lower[0].reused  # from the app's layer cache, not packed again
     assert second.slug.digest != first.slug.digest
     prefix = subprocess.run(
         launch_argv("python -c 'import sys; print(sys.prefix)'"),
