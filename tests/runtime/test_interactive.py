@@ -333,3 +333,34 @@ def test_it_restores_the_terminal_and_says_so_when_the_daemon_goes_away(rt: Daem
         finally:
             rt.start()  # the container outlived it; the next tests use it again
     assert rt.client.inspect(box)["state"] == "running"
+
+
+def sleep_state(cid: str) -> str:
+    """The state letter (S, T, ...) of `sleep 100` in the container, "" if it is not there."""
+    procs = cgroups.for_container(cid).procs_files()[0]
+    for pid in procs.read_text().split():
+        with contextlib.suppress(OSError):
+            if Path(f"/proc/{pid}/cmdline").read_bytes() == b"sleep\x00100\x00":
+                return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    return ""
+
+
+def test_it_gives_the_shell_job_control(rt: Daemon, box: str) -> None:
+    with terminal(rt, "exec", "-it", box, "--", "/bin/sh") as t:
+        t.expect(b"$ ")
+        t.send(b"sleep 100\r")
+        wait_until("sleep 100 runs", lambda: sleep_state(box) == "S")
+        t.send(b"\x1a")  # Ctrl-Z: the terminal stops the foreground job, the shell takes over
+        t.expect(b"Stopped")
+        assert sleep_state(box) == "T"
+        t.expect(b"$ ")
+        t.send(b"jobs\r")
+        t.expect(b"[1]+  Stopped                    sleep 100\r\n")
+        t.send(b"fg\r")  # back to the foreground, where Ctrl-C reaches it
+        wait_until("sleep 100 runs again", lambda: sleep_state(box) == "S")
+        t.send(b"\x03")
+        wait_until("sleep 100 is gone", lambda: sleep_state(box) == "")
+        t.send(b"echo rc=$?\r")
+        t.expect(b"rc=130\r\n")
+        t.send(b"exit 0\r")
+        assert t.wait() == 0
