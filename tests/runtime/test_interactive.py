@@ -364,3 +364,11 @@ def test_it_gives_the_shell_job_control(rt: Daemon, box: str) -> None:
         t.expect(b"rc=130\r\n")
         t.send(b"exit 0\r")
         assert t.wait() == 0
+
+
+def test_it_ends_a_session_whose_container_stops(rt: Daemon, box: str) -> None:
+    with terminal(rt, "exec", "-it", box, "--", "/bin/sh") as t:
+        t.expect(b"$ ")
+        rt.client.stop(box, timeout_s=0)
+        assert t.wait() == 128 + signal.SIGKILL  # the PID namespace ended with its init
+        assert t.mode() == t.initial_mode
