@@ -392,10 +392,23 @@ class RuntimeExecutor:
             if self._cancelled:
                 raise BuildError("The build was cancelled.")
             self.container_id = cid
+        self._sweep()
         try:
             self.client.run(spec, self.layers, settings)
         except DaemonError as e:
             raise BuildError(f"Cannot start the build container: {e}") from None
+
+    def _sweep(self) -> None:
+        """Remove build containers that have ended but are still on record: a builder that died
+        mid-build never removed its own (its container ended by itself at its deadline)."""
+        try:
+            containers = self.client.list()
+        except DaemonError:
+            return
+        for c in containers:
+            if c.get("spec", {}).get("process_type") == "build" and c.get("state") in ("exited", "oom", "failed"):
+                with contextlib.suppress(DaemonError):
+                    self.client.remove(str(c["id"]))
 
     def close(self) -> None:
         """Remove the container (and with it its cgroup and network attachment)."""

@@ -13,6 +13,7 @@ import pytest
 from builder.buildpack import BuildRequest, build
 from builder.errors import BuildError, BuildTimeout
 from builder.executor import ContainerLimits, HostExecutor, RuntimeExecutor
+from tests.runtime.daemon_fixtures import Image
 
 from .conftest import APPS, MakeBuildpack, Output
 from .runtime_fixtures import BuildHost, build_host_fixture  # noqa: F401  (fixture)
@@ -238,3 +239,22 @@ def test_it_passes_exports_on_in_the_container_and_only_what_they_set_into_the_i
     # The container's own variables (HOSTNAME, DEBIAN_FRONTEND from the stack) stay out.
     assert sorted(result.exported_env) == ["PATH", "TOOL_HOME"]
     assert result.exported_env["PATH"].startswith("/app/vendor/bin:")
+
+
+def test_it_sweeps_away_a_build_container_a_dead_builder_left_behind(
+    build_host: BuildHost, app_source: Path, request_for: RequestFor
+) -> None:
+    # What a builder killed mid-build leaves: a build container that ended by itself.
+    d = build_host.daemon
+    left = d.run(Image(layers=build_host.stack.layers, config=build_host.stack.config, digest=build_host.stack.digest),
+                 ["true"], process_type="build", app="demo")
+    assert d.wait(left["id"])["state"] == "exited"
+    running = d.run(Image(layers=build_host.stack.layers, config=build_host.stack.config, digest=build_host.stack.digest),
+                    ["sleep", "60"], process_type="build", app="demo")
+    try:
+        build(request_for(app_source), in_container(build_host), [].append)
+        ids = [c["id"] for c in d.client.list()]
+        assert left["id"] not in ids
+        assert running["id"] in ids  # a running one may be another build's
+    finally:
+        d.cleanup()
