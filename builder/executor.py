@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import resource
 import secrets
@@ -473,7 +474,7 @@ class RuntimeExecutor:
         name = f"{self._count:03d}.log"
         log = steps / name
         assert self.owner is not None
-        fd = os.open(log, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        fd = os.open(log, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
             os.fchown(fd, *self.owner)
             command = [
@@ -504,11 +505,18 @@ class RuntimeExecutor:
             worker.start()
             pending = b""
             idle = 0.002  # how long to wait for more output: short at first, then backing off
+            read = freed = 0
             while True:
                 chunk = os.read(fd, 65536)
                 if chunk:
                     pending = _emit_lines(pending + chunk, on_line)
                     idle = 0.002
+                    read += len(chunk)
+                    if read - freed >= _FREE_EVERY:
+                        # What was passed on need not stay on disk: a step that prints
+                        # without end must not fill the host's disk with its log.
+                        _punch_hole(fd, freed, read - freed)
+                        freed = read
                     continue
                 if done.is_set():
                     pending = _drain(fd, pending, on_line)
@@ -537,6 +545,25 @@ class RuntimeExecutor:
             on_line(line)  # the init's own word, e.g. a command that cannot be run
         code: int = result["code"]
         return code
+
+
+_FREE_EVERY = 4 * 1024 * 1024
+_FALLOC_FL_KEEP_SIZE = 0x01  # <linux/falloc.h>
+_FALLOC_FL_PUNCH_HOLE = 0x02
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+_libc.fallocate.restype = ctypes.c_int
+
+
+def _punch_hole(fd: int, offset: int, length: int) -> None:
+    """Free the disk blocks of `length` bytes at `offset`, keeping the size (fallocate(2)).
+
+    A file system without hole punching keeps the blocks; the log is removed at the end anyway.
+    """
+    if _libc.fallocate(fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, offset, length) != 0:
+        errno = ctypes.get_errno()
+        if errno not in (95, 22):  # EOPNOTSUPP, EINVAL: not supported here
+            raise OSError(errno, f"fallocate(PUNCH_HOLE) of the step log: {os.strerror(errno)}")
 
 
 ExecutorMode = Literal["host", "runtime"]

@@ -258,3 +258,33 @@ def test_it_sweeps_away_a_build_container_a_dead_builder_left_behind(
         assert running["id"] in ids  # a running one may be another build's
     finally:
         d.cleanup()
+
+
+def test_it_passes_on_a_flood_of_output_without_keeping_it_on_disk(
+    build_host: BuildHost, app_source: Path, request_for: RequestFor, make_buildpack: MakeBuildpack,
+    tmp_path: Path,
+) -> None:
+    bp = make_buildpack("flood", compile="""
+        python3 -c "
+    import sys
+    for i in range(300000):
+        sys.stdout.write('%06d ' % i + 'x' * 93 + '\\\\n')
+    print('flood done', flush=True)
+    "
+    """)
+    executor = in_container(build_host)
+    count = 0
+    on_disk: list[int] = []
+
+    def on_line(line: str) -> None:
+        nonlocal count
+        if line.endswith("x" * 93):
+            count += 1
+        elif line == "flood done":
+            assert executor._steps_dir is not None
+            on_disk.append(sum(p.stat().st_blocks * 512 for p in executor._steps_dir.iterdir()))
+
+    build(request_for(app_source, buildpacks=[str(bp)]), executor, on_line)
+    assert count == 300000  # 30 MB of output, every line passed on
+    [used] = on_disk
+    assert used < 10 * 1024 * 1024
