@@ -173,6 +173,8 @@ def _client_command(root: Path, args: argparse.Namespace) -> int:
         if not _strip_dashes(args.command):
             print("error: exec needs a command", file=sys.stderr)
             return 2
+        if _not_a_terminal(args):
+            return 2
         if args.interactive or args.tty:
             return _exec_attached(client, args)
         out = client.exec(args.id, _strip_dashes(args.command))
@@ -224,6 +226,14 @@ def _exec_attached(client: DaemonClient, args: argparse.Namespace) -> int:
         return attach.interact_pipes(s)
 
 
+def _not_a_terminal(args: argparse.Namespace) -> bool:
+    """-it types into the container's terminal: our input must be a terminal too (say so if not)."""
+    if args.tty and args.interactive and not os.isatty(0):
+        print("error: the input is not a terminal: use -i without -t to pipe input", file=sys.stderr)
+        return True
+    return False
+
+
 def _strip_dashes(cmd: list[str]) -> list[str]:
     return cmd[1:] if cmd and cmd[0] == "--" else cmd
 
@@ -259,6 +269,8 @@ def _run(root: Path, client: DaemonClient, args: argparse.Namespace) -> int:
     }
     if args.net and args.no_network:
         print("error: --net and --no-network contradict each other", file=sys.stderr)
+        return 2
+    if _not_a_terminal(args):
         return 2
     if args.tty or args.interactive:
         return _run_attached(root, client, args, spec, image.layers, image.config)

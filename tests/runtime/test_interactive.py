@@ -302,8 +302,11 @@ def test_it_refuses_an_interactive_exec_into_a_stopped_container_clearly(rt: Dae
         assert t.wait() == 1
         assert t.out.decode() == f"error: container {c['id']} is exited, not running; exec needs a running container\r\n"
         assert t.mode() == t.initial_mode
-    missing = cli(rt, "exec", "-it", "no-such", "--", "sh")
-    assert (missing.returncode, missing.stderr) == (1, "error: no such container: no-such\n")
+    with terminal(rt, "exec", "-it", "no-such", "--", "sh") as t:
+        assert t.wait() == 1
+        assert t.out == b"error: no such container: no-such\r\n"
+    piped = cli(rt, "exec", "-it", c["id"], "--", "sh", stdin="echo hi\n")
+    assert (piped.returncode, piped.stderr) == (2, "error: the input is not a terminal: use -i without -t to pipe input\n")
     nothing = cli(rt, "exec", "-it", c["id"])
     assert nothing.returncode == 2 and "exec needs a command" in nothing.stderr
 
