@@ -13,6 +13,7 @@ import pytest
 from builder.buildpack import BuildRequest, build
 from builder.errors import BuildError, BuildTimeout
 from builder.executor import ContainerLimits, HostExecutor, RuntimeExecutor
+from runtime import cgroups
 from tests.runtime.daemon_fixtures import Image
 
 from .conftest import APPS, MakeBuildpack, Output
@@ -173,14 +174,14 @@ def test_it_reaches_the_package_registry_through_nat_with_the_hosts_ca_certifica
     assert "registry 200" in lines
 
 
-def test_it_puts_the_build_container_under_its_memory_and_pids_limits(
+def test_it_puts_the_build_container_under_its_memory_cpu_and_pids_limits(
     build_host: BuildHost, app_source: Path, request_for: RequestFor, make_buildpack: MakeBuildpack
 ) -> None:
     bp = make_buildpack("limits", compile="""
         echo measure
         while [ ! -e "$1/measured" ]; do sleep 0.1; done
     """)
-    executor = in_container(build_host, limits=ContainerLimits(memory_mb=300, pids_limit=50))
+    executor = in_container(build_host, limits=ContainerLimits(memory_mb=300, cpu_quota=1.5, pids_limit=50))
     req = request_for(app_source, buildpacks=[str(bp)])
     seen: dict[str, object] = {}
 
@@ -188,10 +189,16 @@ def test_it_puts_the_build_container_under_its_memory_and_pids_limits(
         if line == "measure":
             assert executor.container_id is not None
             seen.update(build_host.daemon.client.stats(executor.container_id))
+            cg = cgroups.for_container(executor.container_id)
+            if isinstance(cg, cgroups.CgroupV1):
+                seen["cpu"] = (cg.dir("cpu") / "cpu.cfs_quota_us").read_text().split()[0]
+            else:
+                seen["cpu"] = (cg.path / "cpu.max").read_text().split()[0]
             (req.work_dir / "app" / "measured").touch()
 
     build(req, executor, on_line)
     assert seen["memory_limit_bytes"] == 300 * 1024 * 1024
+    assert seen["cpu"] == str(int(1.5 * cgroups.CPU_PERIOD_US))
     assert 0 < int(seen["pids"]) <= 50  # type: ignore[call-overload]
 
 
