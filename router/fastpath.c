@@ -15,7 +15,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <string.h>
-#include <stdarg.h>
+#include <math.h>
 #include <time.h>
 
 #define MAX_FIELDS 256
@@ -558,19 +558,63 @@ static int add_lit(const char *lit, char **o, char *limit)
     return 0;
 }
 
-static int add_fmt(char **o, char *limit, const char *format, ...)
+#define TRY(call) do { int rc_ = (call); if (rc_ < 0) return rc_; } while (0)
+
+static char *put_u64(char *o, unsigned long long v)
 {
-    va_list args;
-    va_start(args, format);
-    int n = vsnprintf(*o, (size_t)(limit - *o), format, args);
-    va_end(args);
-    if (n < 0) return -1;
-    if (n >= limit - *o) return -2;
-    *o += n;
-    return 0;
+    char digits[24];
+    int n = 0;
+    do {
+        digits[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    while (n) *o++ = digits[--n];
+    return o;
 }
 
-#define TRY(call) do { int rc_ = (call); if (rc_ < 0) return rc_; } while (0)
+/* x with `decimals` (0 or 6) places, as Python's format(x, ".6f") writes it: the exact binary
+ * value rounded half to even. printf does the same but costs more than the rest of a log line;
+ * this covers 0 <= x < 2**53 and leaves the rest to snprintf. */
+static int add_fixed(char **o, char *limit, double x, int decimals)
+{
+    if (limit - *o < 40) return -2;
+    if (!(x >= 0.0 && x < 9007199254740992.0)) {
+        int n = snprintf(*o, (size_t)(limit - *o), "%.*f", decimals, x);
+        if (n < 0) return -1;
+        if (n >= limit - *o) return -2;
+        *o += n;
+        return 0;
+    }
+    int exponent;
+    double fraction = frexp(x, &exponent);
+    unsigned long long mantissa = (unsigned long long)ldexp(fraction, 53);
+    exponent -= 53; /* x == mantissa * 2**exponent exactly */
+    unsigned long long scale = decimals ? 1000000ULL : 1ULL;
+    unsigned __int128 scaled = (unsigned __int128)mantissa * scale;
+    unsigned __int128 q;
+    if (exponent >= 0) {
+        q = scaled << exponent;
+    } else if (-exponent >= 100) {
+        q = 0; /* below 2**-27 before scaling: rounds to zero */
+    } else {
+        int shift = -exponent;
+        q = scaled >> shift;
+        unsigned __int128 rest = scaled - (q << shift);
+        unsigned __int128 half = (unsigned __int128)1 << (shift - 1);
+        if (rest > half || (rest == half && (q & 1))) q++;
+    }
+    *o = put_u64(*o, (unsigned long long)(q / scale));
+    if (decimals) {
+        unsigned long long frac = (unsigned long long)(q % scale);
+        *(*o)++ = '.';
+        for (int i = 5; i >= 0; i--) {
+            (*o)[i] = (char)('0' + frac % 10);
+            frac /= 10;
+        }
+        *o += 6;
+    }
+    return 0;
+}
 
 /* One access-log line, as router.proxy.format_access_line writes it, after "<when>\t".
  * -1: the entry is not what the proxy records; -2: the buffer is too small. */
@@ -585,7 +629,9 @@ static int add_line(PyObject *entry, char **o, char *limit)
         return -1;
     long long status_v = PyLong_AsLongLong(status), size_v = PyLong_AsLongLong(size);
     if (PyErr_Occurred()) { PyErr_Clear(); return -1; }
-    TRY(add_fmt(o, limit, "%.6f\t", PyFloat_AS_DOUBLE(when)));
+    if (status_v < 0 || size_v < 0) return -1;
+    TRY(add_fixed(o, limit, PyFloat_AS_DOUBLE(when), 6));
+    TRY(add_lit("\t", o, limit));
     if (PyUnicode_GET_LENGTH(code)) {
         TRY(add_lit("at=error code=", o, limit));
         TRY(add_str(code, o, limit));
@@ -604,8 +650,14 @@ static int add_line(PyObject *entry, char **o, char *limit)
     TRY(add_str(PyTuple_GET_ITEM(f, 5), o, limit));
     TRY(add_lit("\" endpoint=", o, limit));
     TRY(add_str(PyTuple_GET_ITEM(f, 6), o, limit));
-    TRY(add_fmt(o, limit, " service=%.0fms status=%lld bytes=%lld protocol=", PyFloat_AS_DOUBLE(elapsed),
-                status_v, size_v));
+    TRY(add_lit(" service=", o, limit));
+    TRY(add_fixed(o, limit, PyFloat_AS_DOUBLE(elapsed), 0));
+    TRY(add_lit("ms status=", o, limit));
+    if (limit - *o < 48) return -2;
+    *o = put_u64(*o, (unsigned long long)status_v);
+    *o = PUTS(*o, " bytes=");
+    *o = put_u64(*o, (unsigned long long)size_v);
+    TRY(add_lit(" protocol=", o, limit));
     TRY(add_bytes(PyTuple_GET_ITEM(f, 10), o, limit));
     return 0;
 }

@@ -80,7 +80,7 @@ def compile_extension(target_dir: Path | None = None, source: Path = SOURCE) -> 
         raise BuildError(f"no Python headers in {include} (Debian package python3-dev)")
     directory.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.{os.getpid()}")
-    cmd = [gcc, "-shared", "-fPIC", "-O2", "-Wall", f"-I{include}", "-o", str(tmp), str(source)]
+    cmd = [gcc, "-shared", "-fPIC", "-O2", "-Wall", f"-I{include}", "-o", str(tmp), str(source), "-lm"]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         tmp.unlink(missing_ok=True)

@@ -326,3 +326,23 @@ def test_it_draws_request_ids_from_one_counter_on_both_paths(fast: FastPath) -> 
     assert len({i[:24] for i in ids}) == 1  # one prefix per worker
     counters = [int(i[24:], 16) for i in ids]
     assert counters[1] == (counters[0] + 1) & 0xFFFFFFFFFFFF and counters[2] == (counters[1] + 1) & 0xFFFFFFFFFFFF
+
+
+def test_it_rounds_times_in_log_lines_exactly_as_python_does(fast: FastPath) -> None:
+    import math
+    import random
+    import struct
+
+    from router.metrics import Recorder
+    from router.proxy import format_access_line
+
+    rng = random.Random(20261128)
+    values = [0.0, 0.5, 1.5, 2.5, 0.4999999999, 999.5, 1795822720.1234565, 2.0**53 - 1, 2.0**53, 1e300, 5e-324]
+    values += [rng.uniform(0, 2e9) for _ in range(3000)] + [rng.uniform(0, 100) for _ in range(3000)]
+    values += [round(rng.uniform(0, 1e4), rng.randint(0, 7)) + 0.0000005 for _ in range(3000)]
+    values += [struct.unpack("d", struct.pack("Q", rng.getrandbits(63)))[0] for _ in range(1000)]
+    values = [v for v in values if math.isfinite(v)]
+    entries = [(v, ("", b"GET", b"/", "h", "id", "ip", "-", values[-1 - i], 200, 19, b"http"))
+               for i, v in enumerate(values)]
+    recorder = Recorder(formatter=format_access_line)
+    assert fast.access_lines(entries) == "\n".join(recorder.format_entry(when, line) for when, line in entries)
