@@ -246,12 +246,22 @@ async def serve_exec(
             await _reply(writer, {"ok": True, "exit_code": 128 - code if code < 0 else code})
     finally:
         gone.cancel()
-        sess.control.close()
+        sess.control.close()  # if it still runs, the helper hangs the session up
         if not sess.reaped:
-            # Only when the daemon itself is stopping: the helper ends the session on its own.
             exited.cancel()
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(sess.pid, os.WNOHANG)
+            reaper = asyncio.ensure_future(_reap(sess.pid))
+            _reapers.add(reaper)
+            reaper.add_done_callback(_reapers.discard)
+
+
+_reapers: set[asyncio.Future[None]] = set()
+
+
+async def _reap(pid: int) -> None:
+    """Collect a helper that ends after its session was given up (within two seconds)."""
+    with contextlib.suppress(ChildProcessError, OSError):
+        await _exited(pid)
+        os.waitpid(pid, 0)
 
 
 async def serve_run(
@@ -283,6 +293,9 @@ async def serve_run(
                 await rt.stop(cid, STOP_GRACE_S)  # the client went away: so does its container
             elif not gone.done():
                 await _reply(writer, {"ok": True, "exit_code": rec.exit_code, "container": rec.public()})
+        except Exception:
+            await rt.stop(cid, STOP_GRACE_S)  # the session broke: the container goes with it
+            raise
         finally:
             gone.cancel()
     finally:
