@@ -18,11 +18,12 @@ stopped (SIGTERM, SIGKILL after the stop grace). After its exit the container is
 an `exited` container event goes to the events stream after the exit entry, so whoever reacts to
 the event (the scheduler's release phase) finds the exit status already written.
 
-An agent stopped while a one-off runs leaves it running; when the agent starts again,
-`resume_oneoffs` follows it again from the first line not yet shipped (one-offs carry their
-time limit in the label `paas.oneoff.timeout_s`). If no agent comes back, the control plane
-gives up on it after its time limit, and once it no longer expects it, ingestion stops and
-removes it when a heartbeat lists it.
+A runtime daemon restart leaves the one-off running and ends its log stream: the agent follows
+it again, from the first line not yet shipped. An agent stopped while a one-off runs leaves it
+running too; when the agent starts again, `resume_oneoffs` follows it again the same way
+(one-offs carry their time limit in the label `paas.oneoff.timeout_s`). If no agent comes back,
+the control plane gives up on it after its time limit, and once it no longer expects it,
+ingestion stops and removes it when a heartbeat lists it.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
-from runtime.client import DaemonError
+from runtime.client import DaemonError, DaemonUnavailable
 from runtime.spec import ID_RE
 
 if TYPE_CHECKING:
@@ -127,16 +128,29 @@ def _follow_to_end(agent: Agent, cid: str, out: RunOutput, remaining_s: float, l
     timer = threading.Timer(max(0.0, remaining_s), on_timeout)
     timer.daemon = True
     timer.start()
+    shipped = skip
+    give_up = time.monotonic() + max(0.0, remaining_s) + STOP_GRACE_S + 60
     try:
-        for item in agent.daemon.logs(cid, tail=RUN_MAXLEN, follow=True):
-            if skip > 0:
-                skip -= 1
-                continue
-            out.add({"stream": str(item.get("stream", "stdout")), "line": str(item.get("line", "")),
-                     "time": str(item.get("time", ""))})
-    except DaemonError as e:
-        if e.kind != "not_found":
-            log.warning("following the output of %s failed: %s", cid, e)
+        while True:
+            seen = 0
+            try:
+                for item in agent.daemon.logs(cid, tail=RUN_MAXLEN, follow=True):
+                    seen += 1
+                    if seen <= shipped:
+                        continue  # shipped before the daemon restarted (or by an earlier agent)
+                    out.add({"stream": str(item.get("stream", "stdout")),
+                             "line": str(item.get("line", "")), "time": str(item.get("time", ""))})
+                    shipped += 1
+            except DaemonError as e:
+                if e.kind == "not_found":
+                    break
+                if not isinstance(e, DaemonUnavailable):
+                    log.warning("following the output of %s failed: %s", cid, e)
+            # The log ends with the container, or with the daemon (a restart leaves containers
+            # running): then follow it again.
+            if not _still_running(agent, cid) or time.monotonic() > give_up:
+                break
+            time.sleep(0.5)
     finally:
         timer.cancel()
     code, message = _ended(agent, cid)
@@ -196,6 +210,16 @@ def _follow_quietly(agent: Agent, cid: str, out: RunOutput, remaining_s: float, 
         _follow_to_end(agent, cid, out, remaining_s, limit_s, skip)
     except Exception:
         log.exception("following the one-off %s failed", cid)
+
+
+def _still_running(agent: Agent, cid: str) -> bool:
+    """Whether the container runs, or may (its daemon does not answer: it is restarting)."""
+    try:
+        return agent.daemon.inspect(cid).get("state") == "running"
+    except DaemonUnavailable:
+        return True
+    except DaemonError:
+        return False
 
 
 def _ended(agent: Agent, cid: str) -> tuple[int | None, str]:

@@ -113,4 +113,28 @@ def test_a_restarted_agent_follows_a_running_one_off_again_without_repeating_lin
     got = entries(r, s["id"])
     assert [e["line"] for e in got if "line" in e] == ["one", "two"]
     assert got[-1]["exit"] == "4"
-    assert s["id"] not in {c["id"] for c in daemon.client.list()}
+    while s["id"] in {c["id"] for c in daemon.client.list()}:  # removed just after the exit entry
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+
+
+def test_a_runtime_daemon_restart_neither_ends_nor_repeats_a_one_offs_output(
+        daemon: Daemon, agent: Agent, image: str, r: redis.Redis) -> None:
+    import threading
+    import time
+
+    s = spec(daemon, image, ["/bin/sh", "-c", "echo one; sleep 3; echo two; exit 5"])
+    result: dict[str, Any] = {}
+    follower = threading.Thread(target=lambda: result.update(run_oneoff(agent, s, timeout_s=60)))
+    follower.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not any(e.get("line") == "one" for e in entries(r, s["id"])):
+            assert time.monotonic() < deadline, entries(r, s["id"])
+            time.sleep(0.05)
+        daemon.stop()  # the container goes on running without its daemon
+        daemon.start()
+    finally:
+        follower.join(timeout=60)
+    assert result.get("exit_code") == 5, result
+    assert [e["line"] for e in entries(r, s["id"]) if "line" in e] == ["one", "two"]
