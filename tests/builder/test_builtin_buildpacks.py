@@ -10,6 +10,7 @@ import json
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -388,6 +389,34 @@ def test_it_reuses_the_virtualenv_while_requirements_and_python_stay_the_same(
     assert not any(line.startswith("-----> Reusing the virtualenv") for line in output)
 
 
+class Compile:
+    """Run the Python buildpack's bin/compile by itself, with a PATH of our choosing."""
+
+    def __init__(self, tmp_path: Path, cache: Path, path: str = "/usr/bin:/bin") -> None:
+        self.bp = tmp_path / "bp"
+        shutil.copytree(BUILTIN_DIR / "python", self.bp)
+        shutil.copytree(BUILTIN_DIR / "lib", self.bp / "lib", dirs_exist_ok=True)
+        self.build_dir, self.env_dir, home = (tmp_path / n for n in ("build", "env", "home"))
+        self.cache = cache
+        for d in (self.build_dir, cache, self.env_dir, home):
+            d.mkdir(exist_ok=True)
+        (self.build_dir / "requirements.txt").write_text("# nothing to install\n")
+        self.env = {"PATH": path, "HOME": str(home), "TMPDIR": str(tmp_path), "LANG": "C.UTF-8"}
+
+    def __call__(self) -> str:
+        shutil.rmtree(self.build_dir / ".venv", ignore_errors=True)
+        proc = subprocess.run(
+            [str(self.bp / "bin" / "compile"), str(self.build_dir), str(self.cache), str(self.env_dir)],
+            env=self.env, capture_output=True, text=True, check=False, timeout=300,
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return proc.stdout
+
+    @property
+    def site(self) -> Path:
+        return next((self.build_dir / ".venv" / "lib").glob("python3.*/site-packages"))
+
+
 @pytest.mark.slow
 def test_it_seeds_the_virtualenvs_own_pip_when_the_stacks_python_has_none(tmp_path: Path) -> None:
     # A stack whose python3.11 cannot import pip (site-packages off) gets a virtualenv with pip.
@@ -396,27 +425,34 @@ def test_it_seeds_the_virtualenvs_own_pip_when_the_stacks_python_has_none(tmp_pa
     wrapper = stack_bin / "python3.11"
     wrapper.write_text("#!/bin/sh\nexec /usr/bin/python3.11 -S \"$@\"\n")
     wrapper.chmod(0o755)
-    bp = tmp_path / "bp"
-    shutil.copytree(BUILTIN_DIR / "python", bp)
-    shutil.copytree(BUILTIN_DIR / "lib", bp / "lib", dirs_exist_ok=True)
-    build_dir, cache, env_dir, home = (tmp_path / n for n in ("build", "cache", "env", "home"))
-    for d in (build_dir, cache, env_dir, home):
-        d.mkdir()
-    (build_dir / "requirements.txt").write_text("# nothing to install\n")
-    env = {"PATH": f"{stack_bin}:/usr/bin:/bin", "HOME": str(home), "TMPDIR": str(tmp_path),
-           "LANG": "C.UTF-8"}
-
-    def compile_once() -> str:
-        proc = subprocess.run([str(bp / "bin" / "compile"), str(build_dir), str(cache), str(env_dir)],
-                              env=env, capture_output=True, text=True, check=False, timeout=300)
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-        return proc.stdout
-
-    said = compile_once()
-    assert "-----> Creating a virtualenv with Python 3.11" in said
-    site = next((build_dir / ".venv" / "lib").glob("python3.*/site-packages"))
-    assert (site / "pip").is_dir()
-    shutil.rmtree(build_dir / ".venv")
-    (build_dir / "requirements.txt").write_text("# still nothing\n")
+    compile_once = Compile(tmp_path, tmp_path / "cache", f"{stack_bin}:/usr/bin:/bin")
+    assert "-----> Creating a virtualenv with Python 3.11" in compile_once()
+    assert (compile_once.site / "pip").is_dir()
+    (compile_once.build_dir / "requirements.txt").write_text("# still nothing\n")
     assert "(from the cached seed)" in compile_once()
-    assert (site / "pip").is_dir()
+    assert (compile_once.site / "pip").is_dir()
+
+
+@pytest.mark.parametrize("cache_elsewhere", [False, True], ids=["same-fs", "cache-on-tmpfs"])
+def test_it_restores_the_cached_virtualenv_with_its_times_as_links_or_as_a_copy(
+    tmp_path: Path, cache_elsewhere: bool
+) -> None:
+    # In a build container the cache and the app are separate mounts: no hard links there.
+    cache = Path(tempfile.mkdtemp(prefix="paas-test-venv-", dir="/dev/shm")) if cache_elsewhere \
+        else tmp_path / "cache"
+    try:
+        compile_once = Compile(tmp_path, cache)
+        assert "-----> Keeping the virtualenv for the next build" in compile_once()
+        assert "-----> Reusing the virtualenv of the last build" in compile_once()
+        cfg = compile_once.build_dir / ".venv" / "pyvenv.cfg"
+        kept = cache / "python" / "venv" / "pyvenv.cfg"
+        assert cfg.stat().st_mtime_ns == kept.stat().st_mtime_ns
+        assert cfg.samefile(kept) is not cache_elsewhere
+        assert not list(compile_once.build_dir.glob("*.link-trial"))
+        python = compile_once.build_dir / ".venv" / "bin" / "python"
+        out = subprocess.run([str(python), "-c", "import sys; print(sys.prefix != sys.base_prefix)"],
+                             capture_output=True, text=True, check=True).stdout
+        assert out.strip() == "True"
+    finally:
+        if cache_elsewhere:
+            shutil.rmtree(cache, ignore_errors=True)
