@@ -15,6 +15,7 @@ import importlib.util
 import logging
 import os
 import shutil
+import stat
 import subprocess
 import sysconfig
 import tempfile
@@ -56,12 +57,19 @@ def build_dir() -> Path:
         return Path(configured)
     here = Path(__file__).with_name("_build")
     try:
-        here.mkdir(exist_ok=True)
+        here.mkdir(mode=0o755, exist_ok=True)
         if os.access(here, os.W_OK):
             return here
     except OSError:
         pass
     return Path(tempfile.gettempdir()) / f"paas-router-build-{os.getuid()}"
+
+
+def check_private(directory: Path) -> None:
+    """Refuse a build directory others could write to: the router loads code from it."""
+    info = os.lstat(directory)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid not in (os.getuid(), 0) or info.st_mode & 0o022:
+        raise BuildError(f"{directory} must be a directory owned by this user and writable by no one else")
 
 
 def compile_extension(target_dir: Path | None = None, source: Path = SOURCE) -> Path:
@@ -70,6 +78,8 @@ def compile_extension(target_dir: Path | None = None, source: Path = SOURCE) -> 
     include = sysconfig.get_paths()["include"]
     digest = hashlib.sha256(source.read_bytes() + suffix.encode() + include.encode()).hexdigest()[:16]
     directory = target_dir or build_dir()
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    check_private(directory)
     target = directory / f"_fastpath-{digest}{suffix}"
     if target.exists():
         return target
@@ -78,7 +88,6 @@ def compile_extension(target_dir: Path | None = None, source: Path = SOURCE) -> 
         raise BuildError("no C compiler (Debian package gcc)")
     if not (Path(include) / "Python.h").exists():
         raise BuildError(f"no Python headers in {include} (Debian package python3-dev)")
-    directory.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.{os.getpid()}")
     cmd = [gcc, "-shared", "-fPIC", "-O2", "-Wall", f"-I{include}", "-o", str(tmp), str(source), "-lm"]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -110,7 +119,7 @@ def load() -> FastPath | None:
     try:
         module = import_extension(compile_extension())
         hand_over_request_ids(module.seed_request_ids, module.new_request_id)
-    except (BuildError, OSError, ImportError) as error:
+    except (BuildError, OSError, ImportError) as error:  # OSError: the directory, gcc itself
         log.warning('at=warning code=fast_path_unavailable desc="using the general path only: %s"', error)
         module = None
     _loaded["module"] = module

@@ -346,3 +346,12 @@ def test_it_rounds_times_in_log_lines_exactly_as_python_does(fast: FastPath) -> 
                for i, v in enumerate(values)]
     recorder = Recorder(formatter=format_access_line)
     assert fast.access_lines(entries) == "\n".join(recorder.format_entry(when, line) for when, line in entries)
+
+
+def test_it_refuses_to_build_into_a_directory_others_can_write(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    with pytest.raises(fastpath.BuildError, match="writable by no one else"):
+        fastpath.compile_extension(shared)
+    assert list(shared.iterdir()) == []
