@@ -137,7 +137,7 @@ def terminal(rt: Daemon, *args: str) -> Iterator[Terminal]:
         t.close()
 
 
-def cli(rt: Daemon, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+def cli(rt: Daemon, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "runtime", "--root", str(rt.root), *args],
         cwd=REPO, input=stdin, capture_output=True, text=True, timeout=120,
