@@ -7,7 +7,8 @@ and is reported with `LiveUnavailable` only where the page says so.
 
 Sources:
 - app logs: the capped stream `paas:logs:<app>` (fields `time`, `tag`, `line`), written by the
-  router and the agents (router.metrics.logs_key);
+  router and the agents (router.metrics.logs_key); the pages show no line older than the app
+  (`scheduler.applog.first_log_id`, as the logs API does);
 - build logs: the stream `paas:build-logs:<build id>` (same fields; gitserver.buildlog writes it)
   while a build runs, then the Build row's `log` once it has finished;
 - request metrics: the router's per-minute hashes `paas:metrics:router:<app>:<minute>`
@@ -89,24 +90,35 @@ def _parse_entry(entry_id: str, fields: dict[str, str]) -> LogLine:
 _STREAM_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
 
 
-def _tail(key: str, after: str | None, count: int) -> LogTail:
+def _id_key(eid: str) -> tuple[int, int]:
+    ms, _, seq = eid.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def _tail(key: str, after: str | None, count: int, since: str = "0-0") -> LogTail:
+    """The last `count` entries of `key` (or the first ones after the id `after`), none older
+    than the id `since`."""
     if after is not None and not _STREAM_ID.fullmatch(after):
         after = None  # not a cursor this module handed out: start from the newest lines
     try:
-        if after:
+        if after and _id_key(after) >= _id_key(since):
             # Exclusive start: only entries newer than the last one shown.
             entries = client().xrange(key, min=f"({after}", max="+", count=count)
+        elif after:
+            entries = client().xrange(key, min=since, max="+", count=count)
         else:
-            entries = list(reversed(client().xrevrange(key, max="+", min="-", count=count)))
+            entries = list(reversed(client().xrevrange(key, max="+", min=since, count=count)))
     except redis.RedisError:
         return LogTail(lines=[], last_id=after or "", available=False)
     lines = [_parse_entry(entry_id, fields) for entry_id, fields in entries]
     return LogTail(lines=lines, last_id=lines[-1].id if lines else (after or ""), available=True)
 
 
-def app_log_tail(app: str, after: str | None = None, count: int = LOG_TAIL_LINES) -> LogTail:
-    """The app's newest log lines (or those after the stream id `after`), oldest first."""
-    return _tail(logs_key(app), after, count)
+def app_log_tail(app: str, after: str | None = None, count: int = LOG_TAIL_LINES,
+                 since: str = "0-0") -> LogTail:
+    """The app's newest log lines (or those after the stream id `after`), oldest first, none
+    before the stream id `since` (`scheduler.applog.first_log_id`: none older than the app)."""
+    return _tail(logs_key(app), after, count, since)
 
 
 def build_log_tail(build_id: int, after: str | None = None, count: int = 2000) -> LogTail:

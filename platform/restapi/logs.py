@@ -36,6 +36,7 @@ from controlplane.env import env_int
 from core import authz
 from core.errors import ActionError, invalid_field
 from router.metrics import logs_key
+from scheduler import applog
 
 LINES_DEFAULT = 100
 LINES_MAX = 10_000
@@ -261,8 +262,7 @@ class AppLogsView(APIView):
         key = logs_key(row.name)
         try:
             # A destroyed app's name can be taken again: its lines are not the new app's.
-            since = f"{int(row.created_at.timestamp() * 1000)}-0"
-            lines, last = tail(r, key, query.lines, query.ps, query.after, since)
+            lines, last = tail(r, key, query.lines, query.ps, query.after, applog.first_log_id(row))
         except redis.RedisError:
             raise LogsUnavailable("The log store (Redis) cannot be reached; try again shortly.") from None
         body: Iterator[bytes] = log_stream(r, key, lines, last, query)

@@ -24,7 +24,7 @@ from django.conf import settings
 from django.db import transaction
 
 from controlplane.env import env_int
-from core.models import Container, Formation
+from core.models import App, Container, Formation
 from router.metrics import logs_key
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,13 @@ def forget(app: str) -> None:
         _client(str(settings.REDIS_URL)).delete(logs_key(app))
     except redis.RedisError as e:
         log.warning("could not delete the log of %s: %s", app, e)
+
+
+def first_log_id(app: App) -> str:
+    """The oldest id in `paas:logs:<app>` that can be a line of this app: an app's name can be
+    taken again once it is destroyed, and a late write of the old app's agent must not show as
+    the new app's (readers start here: the logs API, the dashboard's tail)."""
+    return f"{int(app.created_at.timestamp() * 1000)}-0"
 
 
 def container_ended(c: Container) -> str:

@@ -237,3 +237,36 @@ def test_it_adds_up_the_memory_every_host_reported_for_a_minute(r: redis.Redis,
     metrics = live.app_metrics(app_name, now=lambda: now)
     assert metrics.memory.latest() == 128
     assert metrics.cpu.latest() == 20  # 12 s of CPU in the minute
+
+
+def test_it_tails_no_line_older_than_the_id_it_is_given(r: redis.Redis, app_name: str) -> None:
+    key = logs_key(app_name)
+    for ms, line in ((1_000, "old app"), (2_000, "new app 1"), (3_000, "new app 2")):
+        r.xadd(key, {"tag": "app[web.1]", "line": line}, id=f"{ms}-0")
+    assert [x.line for x in live.app_log_tail(app_name, since="2000-0").lines] == ["new app 1",
+                                                                                    "new app 2"]
+    # A cursor from before the floor (the old app's page left open) starts at the floor.
+    assert [x.line for x in live.app_log_tail(app_name, after="1000-0", since="2000-0").lines] == [
+        "new app 1", "new app 2"]
+    assert [x.line for x in live.app_log_tail(app_name, after="2000-0", since="2000-0").lines] == [
+        "new app 2"]
+
+
+def test_it_shows_on_the_logs_page_no_line_older_than_the_app(client: Client, acme: Acme,
+                                                               r: redis.Redis) -> None:
+    """A destroyed app of the same name left lines (or its agent wrote them late): the logs API
+    leaves them out, and so does the dashboard."""
+    key = logs_key(acme.app.name)
+    r.delete(key)
+    created_ms = int(acme.app.created_at.timestamp() * 1000)
+    try:
+        r.xadd(key, {"tag": "app[web.1]", "line": "line of the old app"}, id=f"{created_ms - 5000}-0")
+        r.xadd(key, {"tag": "app[web.1]", "line": "line of the new app"})
+        c = login(client, acme.viewer)
+        page = c.get("/apps/shop/logs/").content.decode()
+        assert "line of the new app" in page and "line of the old app" not in page
+        part = c.get(f"/apps/shop/logs/?after={created_ms - 6000}-0",
+                     HTTP_HX_REQUEST="true").content.decode()
+        assert "line of the new app" in part and "line of the old app" not in part
+    finally:
+        r.delete(key)

@@ -15,6 +15,7 @@ from core import actions, authz
 from core.authz import Verb
 from core.errors import ActionError, Forbidden, Invalid, NotFound
 from core.models import App, Build, BuildStatus, Role
+from scheduler import applog
 from web import live, reads
 from web.views._common import (
     acting_user,
@@ -330,7 +331,7 @@ def app_domain_remove(request: HttpRequest, name: str) -> HttpResponse:
 def app_logs(request: HttpRequest, name: str) -> HttpResponse:
     app, role = _app(request, name)
     after = request.GET.get("after") or None
-    tail = live.app_log_tail(app.name, after=after)
+    tail = live.app_log_tail(app.name, after=after, since=applog.first_log_id(app))
     context = _context(app, role, "logs", tail=tail, poll=LIVE_POLL_SECONDS)
     if is_htmx(request):
         return render(request, "web/apps/_log_lines.html", context)
