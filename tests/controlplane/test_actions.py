@@ -160,6 +160,16 @@ def test_it_turns_a_good_build_into_a_release_with_a_formation(acme, deployed) -
     assert {(f.type, f.quantity) for f in deployed.formation.all()} == {("web", 1), ("worker", 0)}
 
 
+def test_it_gives_the_release_phase_no_formation_row(acme, web1) -> None:
+    build = actions.build_create(actor=acme.member, app=web1, commit=COMMIT)
+    actions.build_finish(actor=acme.member, build=build, succeeded=True, image_digest=DIGEST,
+                         process_types={"web": "gunicorn app:app", "release": "flask db upgrade"})
+    assert sorted(web1.formation.values_list("type", flat=True)) == ["web"]
+    with pytest.raises(Invalid, match="release phase"):
+        actions.formation_scale(actor=acme.member, app=web1,
+                                updates=[{"type": "release", "quantity": 1}])
+
+
 def test_it_makes_no_release_for_a_failed_build(acme, web1) -> None:
     build = actions.build_create(actor=acme.member, app=web1, commit=COMMIT)
     assert actions.build_finish(actor=acme.member, build=build, succeeded=False, log="boom") is None

@@ -12,7 +12,8 @@ import pytest
 import redis
 
 from core import actions
-from core.models import App, Release, ReleaseStatus
+from core.errors import Invalid
+from core.models import App, Formation, Release, ReleaseStatus
 from runtime.agent.oneoff import run_stream
 from scheduler import oneoff
 from scheduler.reconcile import reconcile_app
@@ -176,7 +177,10 @@ def test_the_release_process_type_is_never_run_as_a_long_running_process(
         app, hosts, member, agents: RecordingDispatcher, run, r) -> None:
     serve(app, run)
     deploy_with_release_phase(member, app)
-    actions.formation_scale(actor=member, app=app, updates=[{"type": "release", "quantity": 1}])
+    with pytest.raises(Invalid, match="release phase"):
+        actions.formation_scale(actor=member, app=app, updates=[{"type": "release", "quantity": 1}])
+    # A row left from before the release phase had none: still never run as a process.
+    Formation.objects.create(app=app, type="release", quantity=1)
     run(app)
     agent_writes(r, agents.oneoffs[0][1]["id"], [], 0)
     run(app)

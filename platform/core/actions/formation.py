@@ -10,6 +10,7 @@ from core.actions._common import audit, enqueue_on_commit, lock_app
 from core.authz import Verb
 from core.errors import invalid_field
 from core.models import App, Formation
+from core.models.formation import RELEASE_PHASE
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import User
@@ -65,6 +66,9 @@ def formation_scale(
         app = lock_app(app)
         rows = {row.type: row for row in Formation.objects.filter(app=app)}
         for ptype, *_ in parsed:
+            if ptype == RELEASE_PHASE:
+                raise invalid_field("type", "'release' runs once per release before it goes live "
+                                            "(the release phase); it cannot be scaled.")
             if ptype not in rows:
                 known = ", ".join(sorted(rows)) or "none yet (deploy the app first)"
                 raise invalid_field("type", f"Unknown process type '{ptype}'; this app has: {known}.")

@@ -10,13 +10,19 @@ from core.actions._common import audit, enqueue_on_commit, lock_app
 from core.authz import Verb
 from core.errors import Invalid, NotFound
 from core.models import App, Build, ConfigVar, Formation, Release, ReleaseStatus
+from core.models.formation import RELEASE_PHASE
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import User
 
 
 def _formation_sync(app: App, process_types: dict[str, str]) -> None:
-    """Give the app one formation row per process type of its build: web starts at 1."""
+    """Give the app one formation row per process type of its build: web starts at 1.
+
+    `release` is the release phase, run once per release before it goes live, never a process
+    that keeps running: it gets no row.
+    """
+    process_types = {k: v for k, v in process_types.items() if k != RELEASE_PHASE}
     Formation.objects.filter(app=app).exclude(type__in=list(process_types)).delete()
     existing = set(Formation.objects.filter(app=app).values_list("type", flat=True))
     Formation.objects.bulk_create(

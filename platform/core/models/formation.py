@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from django.db import models
 
+# The process type a build may declare to run once per release before it goes live (migrations);
+# it is a phase of the roll-out, never a formation row.
+RELEASE_PHASE = "release"
+
 
 class Formation(models.Model):
     app = models.ForeignKey("core.App", on_delete=models.CASCADE, related_name="formation")
