@@ -19,10 +19,13 @@ class Dispatcher(Protocol):
 
     def oneoff(self, host: str, spec: dict[str, Any], timeout_s: float) -> None: ...
 
+    def ready(self, host: str, container_id: str, address: str, readiness: dict[str, Any],
+              deadline: float) -> None: ...
+
 
 class CeleryDispatcher:
-    """Send `agent.container_run` / `agent.container_stop` / `agent.oneoff_run` to the agent's
-    queue `host.<name>`."""
+    """Send `agent.container_run` / `agent.container_stop` / `agent.oneoff_run` /
+    `agent.container_ready` to the agent's queue `host.<name>`."""
 
     def run(self, host: str, spec: dict[str, Any]) -> None:
         from controlplane.celery import app
@@ -43,6 +46,20 @@ class CeleryDispatcher:
 
         app.send_task("agent.oneoff_run", kwargs={"spec": spec, "timeout_s": timeout_s},
                       queue=f"host.{host}")
+
+    def ready(self, host: str, container_id: str, address: str, readiness: dict[str, Any],
+              deadline: float) -> None:
+        """Ask the agent again whether a container is ready (its own check was lost): it polls
+        until `deadline` (epoch seconds) and reports `ready` or `failed`."""
+        from controlplane.celery import app
+
+        app.send_task(
+            "agent.container_ready",
+            kwargs={"container_id": container_id, "address": address,
+                    "kind": str(readiness.get("type") or "tcp"),
+                    "path": str(readiness.get("path") or "/"), "deadline": deadline},
+            queue=f"host.{host}",
+        )
 
 
 current: Dispatcher = CeleryDispatcher()

@@ -14,7 +14,8 @@ import json
 import logging
 import secrets
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from functools import cache
 from typing import Any
 
@@ -63,6 +64,13 @@ log = logging.getLogger(__name__)
 
 LOCK_KEY = "paas:scheduler:lock:app:{app_id}"
 LOCK_TIMEOUT_S = 120
+# Per app: container id -> the readiness check it was started with (JSON: type, path,
+# timeout_s, and `asked` once the check was sent again).
+READINESS_KEY = "paas:scheduler:readiness:{app}"
+# Past its boot timeout, the agent's own verdict (with its message) gets this long to arrive
+# before the control plane decides without it.
+READINESS_GRACE_S = 10.0
+NO_READINESS_RESULT = "not ready within its boot timeout (no readiness result from its agent)"
 
 
 @cache
@@ -111,13 +119,17 @@ def _reconcile_locked(app_id: int, now: float) -> Outcome:
         # A release phase to run first keeps the release that served before it serving.
         release, phase_running = oneoff.plan_release(app, release, now)
         rows = list(Container.objects.filter(app=app).select_related("host", "release"))
+        # The `release` process type is the release phase's command, never a running process.
+        formation = {f.type: f for f in Formation.objects.filter(app=app).exclude(type=oneoff.RELEASE)}
+        started_with = _started_with(app.name, rows)
+        checks = Checks()
+        if release is not None:
+            checks = _check_readiness(app.name, release, rows, formation, started_with, conf, now)
         if (release is not None and release.status == ReleaseStatus.PENDING
-                and _fail_if_crashed(app, release, rows)):
+                and _fail_if_crashed(app, release, rows, started_with)):
             release, phase_running = oneoff.plan_release(app, _target_release(app), now)
         build = release.build if release is not None else None
         image = build.image_digest if build and build.status == BuildStatus.SUCCEEDED and build.image_digest else None
-        # The `release` process type is the release phase's command, never a running process.
-        formation = {f.type: f for f in Formation.objects.filter(app=app).exclude(type=oneoff.RELEASE)}
         desired = Desired(
             app=app.name,
             release=release.version if release is not None else 0,
@@ -145,6 +157,8 @@ def _reconcile_locked(app_id: int, now: float) -> Outcome:
                  max_unavailable=conf.max_unavailable, stable_s=conf.crash_reset_after_s)
         if phase_running:
             p = oneoff.poll_soon(p, now)
+        if checks.wake_at is not None and (p.retry_at is None or checks.wake_at < p.retry_at):
+            p = replace(p, retry_at=checks.wake_at)
         out = Outcome("done", p, release=desired.release if release is not None else None)
 
         by_id = {c.id: c for c in rows}
@@ -171,6 +185,8 @@ def _reconcile_locked(app_id: int, now: float) -> Outcome:
                 continue
             specs.append((s.host, spec))
             out.started.append(cid)
+            if spec.get("readiness"):
+                checks.store[cid] = dict(spec["readiness"])
 
         if release is not None:
             was = release.status
@@ -184,21 +200,124 @@ def _reconcile_locked(app_id: int, now: float) -> Outcome:
         # Gone containers too: the agent removes them; a down host does it when it is back.
         to_stop = [(row.host.name, row.id) for _, row in stops if row.host is not None]
         app_name = app.name
-        transaction.on_commit(lambda: _effects(app_name, app_id, specs, to_stop, conf.stop_timeout_s))
+        checks.forget = sorted(set(started_with) - {c.id for c in rows if c.id not in out.stopped})
+        transaction.on_commit(
+            lambda: _effects(app_name, app_id, specs, to_stop, conf.stop_timeout_s, checks))
     return out
 
 
 def _effects(app_name: str, app_id: int, specs: list[tuple[str, dict[str, Any]]],
-             stops: list[tuple[str, str]], stop_timeout_s: float) -> None:
-    """After commit: routes first (stopping containers leave them), then starts, then stops."""
+             stops: list[tuple[str, str]], stop_timeout_s: float, checks: Checks) -> None:
+    """After commit: routes first (stopping containers leave them), then what each container was
+    started with, the starts, the readiness checks sent again, and the stops."""
     try:
         routes_sync(app_name, app_id)
     except redis.exceptions.RedisError as e:
         log.warning("could not write the routes of %s (the next run retries): %s", app_name, e)
+    try:
+        _store_started_with(app_name, checks)
+    except redis.exceptions.RedisError as e:
+        log.warning("could not record the readiness checks of %s: %s", app_name, e)
     for host, spec in specs:
         dispatch.current.run(host, spec)
+    for host, cid, address, readiness, deadline in checks.asks:
+        log.info("no readiness result for %s yet: asking the agent on %s again", cid, host)
+        dispatch.current.ready(host, cid, address, readiness, deadline)
     for host, cid in stops:
         dispatch.current.stop(host, cid, stop_timeout_s)
+
+
+@dataclass
+class Checks:
+    """What the readiness bookkeeping of one run decided (see `_check_readiness`)."""
+
+    asks: list[tuple[str, str, str, dict[str, Any], float]] = field(default_factory=list)
+    store: dict[str, dict[str, Any]] = field(default_factory=dict)  # container id -> readiness
+    forget: list[str] = field(default_factory=list)  # container ids whose rows are gone
+    wake_at: float | None = None  # when a check is due to be sent again, or to time out
+
+
+def _started_with(app_name: str, rows: list[Container]) -> dict[str, dict[str, Any]]:
+    """Container id -> the readiness check it was started with (see `READINESS_KEY`); an empty
+    answer when Redis cannot say (then the formation's values stand in)."""
+    try:
+        raw = redis_client().hgetall(READINESS_KEY.format(app=app_name))
+    except redis.exceptions.RedisError as e:
+        log.warning("could not read the readiness checks of %s: %s", app_name, e)
+        return {}
+    out: dict[str, dict[str, Any]] = {}
+    for k, v in raw.items():
+        try:
+            value = json.loads(v)
+        except ValueError:
+            continue
+        if isinstance(value, dict):
+            out[k.decode(errors="replace")] = value
+    return out
+
+
+def _store_started_with(app_name: str, checks: Checks) -> None:
+    key = READINESS_KEY.format(app=app_name)
+    pipe = redis_client().pipeline(transaction=False)
+    if checks.store:
+        pipe.hset(key, mapping={cid: json.dumps(r, sort_keys=True) for cid, r in checks.store.items()})
+    if checks.forget:
+        pipe.hdel(key, *checks.forget)
+    if checks.store or checks.forget:
+        pipe.execute()
+
+
+def readiness_of(c: Container, f: Formation | None, started_with: dict[str, dict[str, Any]],
+                 default_boot_timeout_s: int) -> dict[str, Any]:
+    """The readiness check `c` was started with (`type`, `path`, `timeout_s`): as recorded when
+    its spec was sent, else (Redis lost it) what its formation asks now."""
+    recorded = started_with.get(c.id)
+    if recorded is not None and isinstance(recorded.get("timeout_s"), (int, float)):
+        return recorded
+    path = f.readiness_path if f is not None else ""
+    timeout = (f.boot_timeout_s if f is not None else None) or default_boot_timeout_s
+    return {"type": "http" if path else "tcp", "path": path or "/", "timeout_s": timeout}
+
+
+def _check_readiness(app_name: str, release: Release, rows: list[Container],
+                     formation: dict[str, Formation], started_with: dict[str, dict[str, Any]],
+                     conf: SchedulerSettings, now: float) -> Checks:
+    """Web containers of `release` that run but are not ready: past half their boot timeout
+    without an answer the agent is asked again (it may have lost its check, say restarted in
+    the middle of it); past the whole timeout (and a grace for the agent's own verdict) the
+    container failed its readiness, with or without the agent. Rows are updated in place."""
+    checks = Checks()
+
+    def wake(at: float) -> None:
+        checks.wake_at = at if checks.wake_at is None else min(checks.wake_at, at)
+
+    for c in rows:
+        if c.release_id != release.pk or c.state != "running":
+            continue
+        if c.id not in started_with and c.type != "web":
+            continue  # no port and no check: the agent reports it ready once it runs
+        r = readiness_of(c, formation.get(c.type), started_with, conf.boot_timeout_s)
+        timeout = float(r["timeout_s"])
+        since = (c.started_at or c.created_at).timestamp()
+        give_up = since + timeout + READINESS_GRACE_S
+        if now >= give_up:
+            c.state = "failed"
+            c.finished_at = datetime.fromtimestamp(now, tz=UTC)
+            c.message = NO_READINESS_RESULT
+            c.save(update_fields=["state", "finished_at", "message", "updated_at"])
+            log.warning("container %s of %s: %s", c.id, app_name, NO_READINESS_RESULT)
+            applog.write(app_name, applog.container_ended(c), c.name)
+            continue
+        wake(give_up)
+        ask_at = since + timeout / 2
+        if r.get("asked") or c.host is None or not c.address:
+            continue
+        if now < ask_at:
+            wake(ask_at)
+            continue
+        checks.asks.append((c.host.name, c.id, c.address, r, since + timeout))
+        checks.store[c.id] = {**r, "asked": True}
+    return checks
 
 
 def _announce(app_name: str, release: Release, p: Plan, rows: list[Container],
@@ -241,7 +360,8 @@ def _supersede_older(app: App, release: Release) -> None:
              status_reason=f"{release.name} replaced it before its roll-out converged")
 
 
-def _fail_if_crashed(app: App, release: Release, rows: list[Container]) -> bool:
+def _fail_if_crashed(app: App, release: Release, rows: list[Container],
+                     started_with: dict[str, dict[str, Any]]) -> bool:
     """A container of a release being rolled out never got ready (its check timed out, or it
     could not be started), or crashed `CRASHING_RESTARTS` times in a row: the release fails with
     the reason and that container's last output, and the last good release goes on serving.
@@ -254,7 +374,8 @@ def _fail_if_crashed(app: App, release: Release, rows: list[Container]) -> bool:
     c = ended[0]
     formation = Formation.objects.filter(app=app, type=c.type).first()
     release.status = ReleaseStatus.FAILED
-    release.status_reason = failure_reason(c, formation, SchedulerSettings.from_env().boot_timeout_s)
+    readiness = readiness_of(c, formation, started_with, SchedulerSettings.from_env().boot_timeout_s)
+    release.status_reason = failure_reason(c, formation, readiness)
     release.status_log = "\n".join(last_log_lines(app.name, c))
     release.save(update_fields=["status", "status_reason", "status_log"])
     log.warning("release %s of %s failed: %s", release.name, app.name, release.status_reason)
@@ -262,8 +383,9 @@ def _fail_if_crashed(app: App, release: Release, rows: list[Container]) -> bool:
     return True
 
 
-def failure_reason(c: Container, f: Formation | None, default_boot_timeout_s: int) -> str:
-    """One line on how a container ended, for its release's `status_reason`."""
+def failure_reason(c: Container, f: Formation | None, readiness: dict[str, Any]) -> str:
+    """One line on how a container ended, for its release's `status_reason`; a readiness
+    failure quotes the check the container was started with (`readiness_of`)."""
     times = f" ({c.restarts + 1} times in a row)" if c.restarts else ""
     if c.state == "oom":
         limit = f" ({f.memory_mb} MB)" if f is not None else ""
@@ -272,9 +394,10 @@ def failure_reason(c: Container, f: Formation | None, default_boot_timeout_s: in
         code = "an unknown code" if c.exit_code is None else f"code {c.exit_code}"
         return f"{c.name} exited with {code}{times}"
     if c.message.startswith("not ready"):
-        timeout = (f.boot_timeout_s if f is not None else None) or default_boot_timeout_s
-        if f is not None and f.readiness_path:
-            return f"{c.name} did not answer GET {f.readiness_path} with 2xx or 3xx within {timeout} s"
+        timeout = f"{float(readiness['timeout_s']):g}"
+        if readiness.get("type") == "http":
+            path = readiness.get("path") or "/"
+            return f"{c.name} did not answer GET {path} with 2xx or 3xx within {timeout} s"
         return f"{c.name} did not accept connections on $PORT within {timeout} s"
     return f"{c.name} failed: {c.message or 'it could not be started'}"
 

@@ -4,8 +4,10 @@ Task names (the control plane sends them with `send_task(name, kwargs=..., queue
 
     agent.container_run     spec: dict                               create and start a container
     agent.container_stop    container_id: str, timeout_s: float=10   stop and remove it
-    agent.container_ready   container_id, address, kind, path, deadline   (the agent's own
-                            follow-up: polls readiness until the deadline, then reports)
+    agent.container_ready   container_id, address, kind, path, deadline, chain=""   (the
+                            agent's own follow-up: polls readiness until the deadline, then
+                            reports; the control plane sends it again when it heard nothing,
+                            and a second chain for a container already polled ends at once)
     agent.oneoff_run        spec: dict, timeout_s: float             run a one-off to its end on
                             a thread of its own, its output to `paas:run:<id>` (see
                             `runtime.agent.oneoff`)
@@ -16,6 +18,7 @@ Serialization is JSON only; results are not stored (reports go to the Redis stre
 
 from __future__ import annotations
 
+import secrets
 import threading
 import time
 from typing import Any
@@ -65,6 +68,7 @@ def make_app(settings: AgentSettings, agent: Agent | None = None) -> Celery:
                     "kind": readiness.get("type", "tcp"),
                     "path": readiness.get("path", "/"),
                     "deadline": time.time() + timeout,
+                    "chain": secrets.token_hex(4),
                 },
                 queue=settings.queue,
             )
@@ -83,17 +87,24 @@ def make_app(settings: AgentSettings, agent: Agent | None = None) -> Celery:
 
     @app.task(name="agent.container_ready", bind=True)  # type: ignore[untyped-decorator]
     def container_ready(
-        self: Task, *, container_id: str, address: str, kind: str, path: str, deadline: float
+        self: Task, *, container_id: str, address: str, kind: str, path: str, deadline: float,
+        chain: str = "",
     ) -> str:
+        chain = chain or secrets.token_hex(4)
+        if not agent.readiness_claim(container_id, chain):
+            return "checking"  # another chain polls it already (a check sent again)
         if agent.container_state(container_id) != "running":
+            agent.readiness_done(container_id, chain)
             return "gone"  # it exited meanwhile; the event relay reported that
         if agent.check_ready(container_id, address, kind, path):
             agent.reporter.event(container_id, "ready", address=address)
+            agent.readiness_done(container_id, chain)
             return "ready"
         if time.time() >= deadline:
             agent.reporter.event(
                 container_id, "failed", address=address, message="not ready before its deadline"
             )
+            agent.readiness_done(container_id, chain)
             return "failed"
         self.apply_async(
             kwargs={
@@ -102,6 +113,7 @@ def make_app(settings: AgentSettings, agent: Agent | None = None) -> Celery:
                 "kind": kind,
                 "path": path,
                 "deadline": deadline,
+                "chain": chain,
             },
             countdown=READY_POLL_S,
             queue=settings.queue,

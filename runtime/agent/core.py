@@ -28,6 +28,8 @@ from runtime.spec import ID_RE, ContainerSpec, SpecError
 
 log = logging.getLogger("paas.agent")
 
+CHECK_STALE_S = 10.0  # a readiness chain that has not polled for this long was lost
+
 
 class _KeepRedirects(urllib.request.HTTPRedirectHandler):
     """Hand a 3xx back as it is instead of following it (and no proxy from the environment)."""
@@ -58,6 +60,9 @@ class Agent:
         self._puller: ImagePuller | None = None
         self._puller_guard = threading.Lock()
         self._routes: RouteTable | None = None
+        # Per container whose readiness is being polled: (the polling chain's token, last poll).
+        self._checks: dict[str, tuple[str, float]] = {}
+        self._checks_guard = threading.Lock()
 
     # -- containers -------------------------------------------------------------------------
 
@@ -147,6 +152,27 @@ class Agent:
             return 200 <= e.code < 400
         except (OSError, ValueError):
             return False
+
+    def readiness_claim(self, container_id: str, chain: str, now: float | None = None) -> bool:
+        """Whether the readiness check `chain` may poll the container now.
+
+        One chain polls a container at a time: a check the control plane sends again (it heard
+        nothing, say because this agent was restarted and lost its pending check) while another
+        one still polls ends at once; a chain not seen for `CHECK_STALE_S` was lost and the
+        next one takes over."""
+        now = time.time() if now is None else now
+        with self._checks_guard:
+            owner = self._checks.get(container_id)
+            if owner is not None and owner[0] != chain and now - owner[1] < CHECK_STALE_S:
+                return False
+            self._checks[container_id] = (chain, now)
+            return True
+
+    def readiness_done(self, container_id: str, chain: str) -> None:
+        """The chain `chain` has its answer (ready, failed, or the container is gone)."""
+        with self._checks_guard:
+            if self._checks.get(container_id, ("", 0.0))[0] == chain:
+                del self._checks[container_id]
 
     def container_state(self, container_id: str) -> str | None:
         try:
