@@ -408,11 +408,15 @@ LOG_SCAN = 5000  # entries read back from the end of the app's log stream at mos
 
 def last_log_lines(app_name: str, c: Container, n: int = LOG_LINES) -> list[str]:
     """The last `n` output lines of the container and the ones before it in its crash streak,
-    from the app's log stream (tag `app[web.1]`), oldest first; none when Redis cannot say.
+    from the app's log stream (tag `app[web.1]` and the container's release), oldest first; none
+    when Redis cannot say.
 
     Its predecessors count because the agent ships a container's last lines a moment after it
-    exits, so those of the container that just ended may not be there yet."""
+    exits, so those of the container that just ended may not be there yet. During a roll-out the
+    old release's `web.1` writes under the same tag: the agent's `release` field tells them
+    apart (a line without one, from an agent that does not send it, counts by its tag)."""
     tag = f"app[{c.name}]".encode()
+    release = str(c.release.version).encode()
     streak_s = sum(backoff_s(k) + 2 for k in range(c.restarts))
     since = c.created_at.timestamp() - 1 - streak_s
     lines: list[str] = []
@@ -428,7 +432,7 @@ def last_log_lines(app_name: str, c: Container, n: int = LOG_LINES) -> list[str]
             continue
         if t < since:
             break
-        if fields.get(b"tag") == tag:
+        if fields.get(b"tag") == tag and fields.get(b"release", release) == release:
             lines.append(fields.get(b"line", b"").decode(errors="replace").rstrip("\n"))
             if len(lines) >= n:
                 break

@@ -4,7 +4,9 @@ The runtime daemon's init writes each container's stdout and stderr as timestamp
 `containers/<id>/container.log` and rotates it to `container.log.1` (runtime.daemon). One thread
 of the agent follows all of them with a cheap poll loop and sends new lines in batches, tagged
 `app[<type>.<n>]` with the container's own timestamp, to the stream `paas:logs:<app>` (fields
-`time` in Unix seconds, `tag`, `line`; capped near `PAAS_APP_LOG_MAXLEN` entries).
+`time` in Unix seconds, `tag`, `line`, and `release`, the version number from the container's
+spec when it has one, which tells a new release's `web.1` from the old one's during a
+roll-out; capped near `PAAS_APP_LOG_MAXLEN` entries).
 
 Exactly once across agent restarts: each container's position is an (inode, offset) pair. Before
 a batch is sent, the positions before and after it are written to a state file on disk with the
@@ -51,11 +53,17 @@ RETRY_S = 1.0
 READ_CHUNK = 256 * 1024
 _PROCESS_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}\.[0-9]{1,9}$")
 
-# KEYS[1]: the app's log stream; ARGV[1]: its cap; ARGV[2]: a JSON list of [time, tag, line].
+# KEYS[1]: the app's log stream; ARGV[1]: its cap; ARGV[2]: a JSON list of [time, tag, line]
+# or [time, tag, line, release].
 XADD_ENTRIES = """
 local entries = cjson.decode(ARGV[2])
 for _, e in ipairs(entries) do
-  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'time', e[1], 'tag', e[2], 'line', e[3])
+  if e[4] then
+    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'time', e[1], 'tag', e[2],
+               'line', e[3], 'release', e[4])
+  else
+    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'time', e[1], 'tag', e[2], 'line', e[3])
+  end
 end
 return #entries
 """
@@ -132,7 +140,7 @@ def _whole_seconds(stamp: bytes) -> int | None:
 class _Entry:
     cid: str
     app: str
-    fields: list[str]  # time, tag, line
+    fields: list[str]  # time, tag, line (and release, when the container's spec has one)
     start: Position
 
 
@@ -143,6 +151,7 @@ class _Follow:
     cid: str
     app: str
     tag: str
+    release: str = ""  # the release's version number, from the spec ("" if it has none)
     fd: int = -1
     pos: Position = (0, 0)
     gone: bool = False
@@ -304,7 +313,9 @@ class LogShipper:
             app = str(spec["app"])
         except (OSError, ValueError, KeyError, TypeError):
             return None  # being created (or not a container): look again next round
-        follow = _Follow(cid=cid, app=app, tag=container_tag(spec))
+        release = spec.get("release")
+        follow = _Follow(cid=cid, app=app, tag=container_tag(spec),
+                         release=str(release) if isinstance(release, int) else "")
         known = self._read.get(cid)
         cur, rotated = _inode(d / LOG_NAME), _inode(d / ROTATED_NAME)
         if known is not None and known[0] in (cur, rotated):
@@ -388,7 +399,8 @@ class LogShipper:
             self.dropped += 1  # Redis is away and the buffer is full: drop the newest
             return
         when, text = parse_line(raw)
-        self._buffer.append(_Entry(f.cid, f.app, [when, f.tag, text], start))
+        fields = [when, f.tag, text, f.release] if f.release else [when, f.tag, text]
+        self._buffer.append(_Entry(f.cid, f.app, fields, start))
 
     # -- shipping -------------------------------------------------------------------------------
 
