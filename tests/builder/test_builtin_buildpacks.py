@@ -144,6 +144,34 @@ def test_it_builds_and_runs_the_express_app_with_npm_ci(
     assert run_web(result.app_dir, "npm start") == "Hello from Express on paas"
 
 
+@pytest.mark.slow
+def test_it_reuses_node_modules_while_the_lockfile_and_package_json_stay_the_same(
+    tmp_path: Path, output: Output, run_web: Callable[..., str]
+) -> None:
+    src = tmp_path / "src"
+    shutil.copytree(APPS / "express", src)
+    cache = tmp_path / "cache"
+
+    def build_once(n: int) -> BuildResult:
+        output.clear()
+        req = BuildRequest(app="node-reuse", source_dir=src, work_dir=tmp_path / f"work{n}",
+                           cache_dir=cache, timeout=600)
+        return build(req, HostExecutor(), output.append)
+
+    build_once(1)
+    assert "-----> Installing dependencies with npm ci" in output
+    (src / "server.js").write_text((src / "server.js").read_text() + "// changed\n")
+    result = build_once(2)
+    assert "-----> Reusing the node_modules of the last build (package-lock.json, Node.js and npm unchanged)" in output
+    assert "-----> Installing dependencies with npm ci" not in output
+    assert run_web(result.app_dir, "npm start") == "Hello from Express on paas"
+    package = json.loads((src / "package.json").read_text())
+    package["description"] = "changed"
+    (src / "package.json").write_text(json.dumps(package))
+    build_once(3)
+    assert "-----> Installing dependencies with npm ci" in output
+
+
 def test_it_builds_and_serves_the_static_site(
     tmp_path: Path, shared_cache: Path, output: Output, run_web: Callable[..., str]
 ) -> None:
