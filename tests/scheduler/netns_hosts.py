@@ -47,6 +47,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[2]
 PREFIX = "pmh"
 STATE_DIR = Path("/run/paas-test-netns")
+UNREACHABLE_METRIC = "4000"
 
 
 def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -308,6 +309,9 @@ class Cluster:
         _ip(*ns, "addr", "add", f"{h.address}/24", "dev", inside)
         _ip(*ns, "link", "set", inside, "up")
         _ip(*ns, "route", "add", "default", "via", self.gateway)
+        # Once the host is gone and its route with it, its subnet is unreachable here rather
+        # than sent along this machine's default route (to whatever answers out there).
+        _ip("route", "add", "unreachable", h.subnet, "metric", UNREACHABLE_METRIC)
         h.start_daemon()
         return h
 
@@ -345,8 +349,10 @@ def _teardown_root_side(tag: str, routes_state: Path, subnets: list[str]) -> Non
 
     with contextlib.suppress(Exception):
         PlainRoutes(routes_state).clear()
-    for subnet in subnets:  # in case the routes process died between its route and its record
-        _ip("route", "del", subnet, check=False)
+    for subnet in subnets:  # the fallbacks, and routes a killed routes process did not record
+        for _ in range(5):
+            if _ip("route", "del", subnet, check=False).returncode != 0:
+                break
     for i in range(1, 10):
         _ip("link", "del", f"{PREFIX}{tag}v{i}", check=False)
     _ip("link", "del", f"{PREFIX}{tag}u", check=False)
@@ -410,4 +416,15 @@ def leftovers(tag: str) -> list[str]:
     """What of the cluster `tag` still exists: namespaces, links, routes (for teardown checks)."""
     found = [n for n in _ip("netns", "list").stdout.split() if n.startswith(f"{PREFIX}{tag}")]
     found += [line for line in _ip("-o", "link").stdout.splitlines() if f"{PREFIX}{tag}" in line]
+    return found
+
+
+def routes_to(subnets: list[str]) -> list[str]:
+    """The root namespace's routes to any of `subnets` (for teardown checks)."""
+    found = []
+    for line in _ip("route", "show", "table", "all").stdout.splitlines():
+        words = line.split()
+        dst = words[1] if words and words[0] in ("unreachable", "blackhole", "prohibit") else words[0]
+        if dst in subnets:
+            found.append(line)
     return found

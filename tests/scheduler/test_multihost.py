@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,7 +34,14 @@ from runtime.hostroutes import NET_KEY
 from runtime.images import ImageStore
 from runtime.tinyimage import build_tiny_image
 from tests.liveprocs import stop_groups
-from tests.scheduler.netns_hosts import REPO, Cluster, NetnsHost, leftovers, sweep_leftovers
+from tests.scheduler.netns_hosts import (
+    REPO,
+    Cluster,
+    NetnsHost,
+    leftovers,
+    routes_to,
+    sweep_leftovers,
+)
 from tests.scheduler.realhost import converge, new_app, route
 
 pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -60,13 +68,13 @@ def cluster(r: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cluster
         c.controller_url = server.url
         yield c
     finally:
-        names = [h.name for h in c.hosts]
+        names, subnets = [h.name for h in c.hosts], [h.subnet for h in c.hosts]
         c.teardown()  # the agents first: the live server's connections to them close first
         if server is not None:
             server.stop()
         for name in names:
             r.delete(f"host.{name}", NET_KEY.format(host=name), f"paas:agent:host:{name}")
-        assert leftovers(c.tag) == []
+        assert leftovers(c.tag) == [] and routes_to(subnets) == []
 
 
 @pytest.fixture
@@ -77,7 +85,7 @@ def router(cluster: Cluster) -> Iterator[str]:
     port = free_port()
     env = dict(os.environ, REDIS_URL=cluster.redis_url, PAAS_DOMAIN=DOMAIN,
                PAAS_ROUTER_BIND=f"127.0.0.1:{port}", PAAS_ROUTER_WORKERS="1",
-               PAAS_DATA_DIR=str(cluster.work / "router"), PAAS_ROUTER_CONNECT_TIMEOUT="1")
+               PAAS_DATA_DIR=str(cluster.work / "router"))
     log = (cluster.work / "router.log").open("ab")
     proc = subprocess.Popen([sys.executable, "-m", "router"], cwd=REPO, env=env, stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True)
@@ -95,18 +103,24 @@ class Poller:
     def __init__(self, base: str, app: str) -> None:
         self.base, self.host = base, f"{app}.{DOMAIN}"
         self.statuses: list[int | str] = []
+        self.bodies: list[str] = []  # of the answers other than 200
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def get(self) -> int | str:
         try:
-            return self.fetch().status_code
+            resp = self.fetch()
         except httpx.HTTPError as e:
+            self.bodies.append(f"{time.strftime('%H:%M:%S')} {e!r}")
             return type(e).__name__
+        if resp.status_code != 200:
+            self.bodies.append(f"{dict(resp.headers)} {resp.text[:200]}")
+        return resp.status_code
 
     def fetch(self) -> httpx.Response:
         # busybox httpd serving / : the container's own /etc/hostname names the container.
-        return httpx.get(self.base + "/etc/hostname", headers={"Host": self.host}, timeout=10)
+        # The router's own deadlines (connect 5 s per endpoint, first byte 30 s) come first.
+        return httpx.get(self.base + "/etc/hostname", headers={"Host": self.host}, timeout=40)
 
     def _run(self) -> None:
         while not self.stop.is_set():
@@ -147,7 +161,7 @@ def placement(app: App) -> Counter[str]:
 def test_it_spreads_six_web_containers_over_three_hosts_fails_over_and_redeploys_without_a_gap(
         cluster: Cluster, router: str, member: Any, staff: Any, r: redis.Redis,
         django_capture_on_commit_callbacks: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PAAS_HOST_DOWN_AFTER_S", "3")
+    monkeypatch.setenv("PAAS_HOST_DOWN_AFTER_S", "5")  # ten missed beats: room for a busy machine
     hosts = [cluster.add_host() for _ in range(3)]
     for h in hosts:
         _host, token = actions.host_register(actor=staff, name=h.name, address=h.address,
@@ -186,7 +200,9 @@ def test_it_spreads_six_web_containers_over_three_hosts_fails_over_and_redeploys
         assert connects(hosts[2].netns, by_host[hosts[0].name][0])
         probe = Poller(router, app.name)
         answers = [probe.fetch() for _ in range(30)]
-        assert [a.status_code for a in answers] == [200] * 30
+        assert [a.status_code for a in answers] == [200] * 30, [
+            (a.status_code, a.headers.get("x-paas-error"), a.text[:100]) for a in answers
+            if a.status_code != 200]
         host_of = dict(Container.objects.filter(app=app).values_list("id", "host__name"))
         assert {host_of[a.text.strip()] for a in answers} == everyone
 
@@ -197,8 +213,8 @@ def test_it_spreads_six_web_containers_over_three_hosts_fails_over_and_redeploys
             converge(app, django_capture_on_commit_callbacks, r, lambda: ready(6, survivors),
                      timeout=90)
         assert Host.objects.get(name=victim.name).state == HostState.DOWN
-        assert sorted(placement(app).values()) == [3, 3]
-        assert during.statuses.count(200) > 0
+        assert set(placement(app)) <= survivors
+        assert during.statuses and during.failures() == Counter(), during.bodies
         assert [probe.get() for _ in range(12)] == [200] * 12
 
         # A redeploy (config:set) replaces every container with never a moment without one.
@@ -212,8 +228,8 @@ def test_it_spreads_six_web_containers_over_three_hosts_fails_over_and_redeploys
             converge(app, django_capture_on_commit_callbacks, r,
                      lambda: not old & running_on(hosts[:2]), timeout=60)
         assert not old & set(Container.objects.filter(app=app).values_list("id", flat=True))
-        assert len(redeploy.statuses) >= 5
-        assert redeploy.failures() == Counter(), redeploy.statuses
+        assert len(redeploy.statuses) >= 2
+        assert redeploy.failures() == Counter(), (redeploy.statuses, redeploy.bodies)
     finally:
         with contextlib.suppress(redis.RedisError):
             route_app_delete(r, app.name)
