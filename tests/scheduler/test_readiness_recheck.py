@@ -6,6 +6,10 @@ while one still polls the container ends at once."""
 
 from __future__ import annotations
 
+import base64
+import inspect
+import json
+import os
 import secrets
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,10 +20,11 @@ import redis
 
 from core import actions
 from core.models import App, Container, ReleaseStatus
+from runtime.agent.app import make_app
 from runtime.agent.config import AgentSettings
 from runtime.agent.core import CHECK_STALE_S, Agent
 from runtime.agent.reports import Reporter
-from scheduler import tasks
+from scheduler import dispatch, tasks
 from scheduler.reconcile import READINESS_GRACE_S, READINESS_KEY, reconcile_app
 from tests.scheduler.conftest import containers
 
@@ -172,3 +177,25 @@ def test_the_agent_lets_one_readiness_check_poll_a_container_at_a_time(r: redis.
     assert not agent.readiness_claim("c1", "third", now=102.0 + CHECK_STALE_S)
     agent.readiness_done("c1", "again")
     assert agent.readiness_claim("c1", "third", now=102.0 + CHECK_STALE_S)
+
+
+def test_it_sends_the_check_again_through_the_real_broker_as_the_agents_task_takes_it(
+        r: redis.Redis, tmp_path: Path) -> None:
+    host = f"h-ready-{secrets.token_hex(3)}"
+    queue = f"host.{host}"
+    try:
+        dispatch.CeleryDispatcher().ready(host, "app.web.1.abcdef", "10.9.0.7:5000",
+                                          {"type": "http", "path": "/healthz", "timeout_s": 20},
+                                          1_800_000_020.0)
+        (message,) = [json.loads(m) for m in r.lrange(queue, 0, -1)]
+        kwargs = json.loads(base64.b64decode(message["body"]))[1]
+        assert message["headers"]["task"] == "agent.container_ready"
+        assert kwargs == {"container_id": "app.web.1.abcdef", "address": "10.9.0.7:5000",
+                          "kind": "http", "path": "/healthz", "deadline": 1_800_000_020.0}
+        settings = AgentSettings(redis_url=os.environ["REDIS_URL"], host=host,
+                                 runtime_root=tmp_path, daemon_socket=tmp_path / "sock")
+        agent_app = make_app(settings, Agent(settings, Reporter(r, host), daemon=_Running()))  # type: ignore[arg-type]
+        task = agent_app.tasks["agent.container_ready"]
+        inspect.signature(task.run).bind(**kwargs)  # the agent's task takes exactly these
+    finally:
+        r.delete(queue)
