@@ -698,12 +698,134 @@ static PyObject *access_lines(PyObject *self, PyObject *entries)
     }
 }
 
+/* Append a RESP bulk string holding s[0:n] with bytes 0x80-0xFF written as UTF-8 (the text is
+ * Latin-1, and redis-py sent it as UTF-8). The caller made room for 2 * n + 32 bytes. */
+static char *put_bulk_utf8(char *o, const char *s, Py_ssize_t n)
+{
+    Py_ssize_t high = 0;
+    for (Py_ssize_t i = 0; i < n; i++) high += (unsigned char)s[i] >> 7;
+    *o++ = '$';
+    o = put_u64(o, (unsigned long long)(n + high));
+    o = PUTS(o, "\r\n");
+    if (high == 0) {
+        o = put(o, s, n);
+    } else {
+        for (Py_ssize_t i = 0; i < n; i++) {
+            unsigned char c = (unsigned char)s[i];
+            if (c < 0x80) {
+                *o++ = (char)c;
+            } else {
+                *o++ = (char)(0xC0 | (c >> 6));
+                *o++ = (char)(0x80 | (c & 0x3F));
+            }
+        }
+    }
+    return PUTS(o, "\r\n");
+}
+
+static char *put_bulk(char *o, const char *s, Py_ssize_t n)
+{
+    *o++ = '$';
+    o = put_u64(o, (unsigned long long)n);
+    o = PUTS(o, "\r\n");
+    o = put(o, s, n);
+    return PUTS(o, "\r\n");
+}
+
+/* xadd_batch(key, entries, maxlen) -> bytes or None: one RESP `XADD <key> * time <when> tag
+ * router line <line>` per (when, fields) entry, in order, then one `XTRIM <key> MAXLEN ~
+ * <maxlen>`; the text is what access_lines writes. None when an entry holds anything
+ * unexpected, and the caller builds the commands in Python. */
+static PyObject *xadd_batch(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3 || !PyBytes_Check(args[0]) || !PyList_Check(args[1]) || !PyLong_Check(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "xadd_batch(key: bytes, entries: list, maxlen: int)");
+        return NULL;
+    }
+    long long maxlen = PyLong_AsLongLong(args[2]);
+    if (maxlen == -1 && PyErr_Occurred()) return NULL;
+    if (maxlen < 0) {
+        PyErr_SetString(PyExc_ValueError, "xadd_batch: maxlen must not be negative");
+        return NULL;
+    }
+    const char *key = PyBytes_AS_STRING(args[0]);
+    Py_ssize_t key_len = PyBytes_GET_SIZE(args[0]);
+    PyObject *entries = args[1];
+    Py_ssize_t n = PyList_GET_SIZE(entries);
+    Py_ssize_t scratch_size = 4096, out_size = (key_len + 600) * (n + 1);
+    char *scratch = PyMem_Malloc((size_t)scratch_size);
+    char *out = PyMem_Malloc((size_t)out_size);
+    PyObject *result = NULL;
+    if (scratch == NULL || out == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    char *o = out;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        char *s = scratch;
+        int rc;
+        while ((rc = add_line(PyList_GET_ITEM(entries, i), &s, scratch + scratch_size)) == -2) {
+            if (scratch_size > ((Py_ssize_t)1 << 28)) goto unusual;
+            scratch_size *= 4;
+            char *bigger = PyMem_Realloc(scratch, (size_t)scratch_size);
+            if (bigger == NULL) { PyErr_NoMemory(); goto done; }
+            scratch = bigger;
+            s = scratch;
+        }
+        if (rc < 0) goto unusual;
+        Py_ssize_t len = s - scratch;
+        const char *tab = memchr(scratch, '\t', (size_t)len);
+        if (tab == NULL) goto unusual;
+        Py_ssize_t need = 2 * len + key_len + 128;
+        if (out + out_size - o < need) {
+            Py_ssize_t used = o - out;
+            out_size = 2 * out_size + need;
+            char *bigger = PyMem_Realloc(out, (size_t)out_size);
+            if (bigger == NULL) { PyErr_NoMemory(); goto done; }
+            out = bigger;
+            o = out + used;
+        }
+        o = PUTS(o, "*9\r\n$4\r\nXADD\r\n");
+        o = put_bulk(o, key, key_len);
+        o = PUTS(o, "$1\r\n*\r\n$4\r\ntime\r\n");
+        o = put_bulk_utf8(o, scratch, tab - scratch);
+        o = PUTS(o, "$3\r\ntag\r\n$6\r\nrouter\r\n$4\r\nline\r\n");
+        o = put_bulk_utf8(o, tab + 1, len - (tab + 1 - scratch));
+    }
+    if (out + out_size - o < key_len + 128) {
+        Py_ssize_t used = o - out;
+        out_size = used + key_len + 128;
+        char *bigger = PyMem_Realloc(out, (size_t)out_size);
+        if (bigger == NULL) { PyErr_NoMemory(); goto done; }
+        out = bigger;
+        o = out + used;
+    }
+    o = PUTS(o, "*5\r\n$5\r\nXTRIM\r\n");
+    o = put_bulk(o, key, key_len);
+    o = PUTS(o, "$6\r\nMAXLEN\r\n$1\r\n~\r\n");
+    {
+        char digits[24];
+        char *d = put_u64(digits, (unsigned long long)maxlen);
+        o = put_bulk(o, digits, d - digits);
+    }
+    result = PyBytes_FromStringAndSize(out, o - out);
+    goto done;
+unusual:
+    result = Py_NewRef(Py_None);
+done:
+    PyMem_Free(scratch);
+    PyMem_Free(out);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"seed_request_ids", (PyCFunction)(void (*)(void))seed_request_ids, METH_FASTCALL,
      "Take over request ids: this prefix, then a counter from `start`."},
     {"new_request_id", (PyCFunction)new_request_id, METH_NOARGS, "The next request id."},
     {"access_lines", (PyCFunction)access_lines, METH_O,
      "Format access-log entries (when, fields) as the Redis script expects them; None if unusual."},
+    {"xadd_batch", (PyCFunction)(void (*)(void))xadd_batch, METH_FASTCALL,
+     "Access-log entries as RESP XADD commands and one XTRIM; None if unusual."},
     {"request", (PyCFunction)(void (*)(void))fast_request, METH_FASTCALL,
      "Parse one complete plain request; None when the general path must handle it."},
     {"response", (PyCFunction)(void (*)(void))fast_response, METH_FASTCALL,

@@ -19,7 +19,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from router.metrics import Recorder
+from router.metrics import LOG_BATCH, REPLY_OFF, REPLY_ON, Command, Recorder
 from router.routing import RouteTable
 from router.table import (
     APPS_KEY,
@@ -193,12 +193,39 @@ async def flush(client: aioredis.Redis[Any], recorder: Recorder) -> None:
     while recorder.pending():
         commands = recorder.take()
         try:
-            async with client.pipeline(transaction=False) as pipe:
-                for command in commands:
-                    pipe.execute_command(*command)
-                await pipe.execute()
+            await send(client, commands)
         except (RedisError, OSError) as error:
             lost = len(recorder.lines)
             recorder.take(max_lines=lost)
             log.warning("at=error code=metrics_lost commands=%d lines=%d error=%r", len(commands), lost, str(error))
             return
+
+
+async def send(client: aioredis.Redis[Any], commands: list[Command]) -> None:
+    """Send what `Recorder.take` handed over: counters in one pipeline, log batches raw.
+
+    A log batch's XADDs go with replies switched off; the `CLIENT REPLY ON` after them answers
+    once they have all been read. A connection that failed half-way is dropped, never reused in
+    an unknown reply mode.
+    """
+    plain = [command for command in commands if command[0] != LOG_BATCH]
+    batches = [command[3] for command in commands if command[0] == LOG_BATCH]
+    if plain:
+        async with client.pipeline(transaction=False) as pipe:
+            for command in plain:
+                pipe.execute_command(*command)
+            await pipe.execute()
+    if not batches:
+        return
+    pool = client.connection_pool
+    conn = await pool.get_connection()
+    try:
+        await conn.send_packed_command([REPLY_OFF, *batches, REPLY_ON])
+        reply = await conn.read_response()
+    except BaseException:
+        await conn.disconnect()
+        raise
+    finally:
+        await pool.release(conn)
+    if reply not in (b"OK", "OK"):
+        raise RedisError(f"unexpected answer to CLIENT REPLY ON: {reply!r}")

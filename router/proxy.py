@@ -38,7 +38,7 @@ from router.headers import (
     response_head,
 )
 from router.metrics import Recorder
-from router.routing import Refuse, RouteTable
+from router.routing import Forward, Refuse, RouteTable
 from router.table import AppRoute, Endpoint
 
 log = logging.getLogger("router")
@@ -53,6 +53,7 @@ BUFFER_LIMIT = 256 * 1024
 POOL_LIMIT = 256  # idle app connections kept per endpoint
 CONNECT_ATTEMPTS = 3
 DRAIN_GRACE = 1.0  # seconds an idle connection may still send one request when draining
+INFINITY = float("inf")
 
 
 class _Stop(Exception):
@@ -69,7 +70,7 @@ class Worker:
         # message on the general path (httptools and router/headers.py).
         self.fast: FastPath | None = load_fast_path() if config.fast_path else None
         self.recorder = recorder or Recorder(log_maxlen=config.log_stream_maxlen, formatter=format_access_line,
-                                             join_lines=self.fast.access_lines if self.fast else None)
+                                             pack_lines=self.fast.xadd_batch if self.fast else None)
         self.balancer = Balancer(config.set_aside)
         self.pool: dict[str, list[BackendConnection]] = {}
         self.clients: set[ClientConnection] = set()
@@ -223,6 +224,7 @@ class ClientConnection(asyncio.Protocol):
         self.closing = False
         self.closed = False
         self.timer: asyncio.TimerHandle | None = None
+        self.timer_at = INFINITY  # when `timer` fires
         self.deadline = 0.0
         self.on_deadline: Callable[[], None] | None = None
         self.batch: list[bytes] | None = None  # writes gathered while an app chunk is parsed
@@ -253,6 +255,7 @@ class ClientConnection(asyncio.Protocol):
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+            self.timer_at = INFINITY
         if self.tunnel is not None:
             self.tunnel.close()
             self.tunnel = None
@@ -410,8 +413,14 @@ class ClientConnection(asyncio.Protocol):
         ex.bytes_in = length
         ex.body_done = True
         self.current = ex
-        self._disarm()
-        self._dispatch(ex)
+        self.on_deadline = None
+        decision = self.worker.table.decide(host)
+        if type(decision) is Forward:
+            route = decision.route
+            ex.app = route.app
+            self._connect(ex, route)
+        else:
+            self._dispatch(ex)
 
     # --- routing and app connections ---------------------------------------------------------
 
@@ -433,15 +442,33 @@ class ClientConnection(asyncio.Protocol):
             return
         ex.endpoint = endpoint
         ex.attempts += 1
-        balancer.started(endpoint)  # counted from the pick, so concurrent connects spread out
+        # Counted from the pick, so concurrent connects spread out (Balancer.started, inline).
+        key = endpoint.key
+        outstanding = balancer.outstanding
+        outstanding[key] = outstanding.get(key, 0) + 1
         ex.counted = True
         # An upgrade takes its app connection over for good: it gets a new one, never a pooled one.
-        fresh = fresh or ex.info.upgrade is not None
-        conn = None if fresh else self.worker.take_idle(endpoint)
-        if conn is not None:
-            self._attach(ex, conn, reused=True)
-        else:
+        conn = None
+        if not fresh and ex.info.upgrade is None:
+            conns = self.worker.pool.get(key)
+            while conns:  # Worker.take_idle, inline
+                conn = conns.pop()
+                if not conn.closed:
+                    break
+                conn = None
+        if conn is None:
             ex.connecting = self.loop.create_task(self._open(ex, route, endpoint))
+        elif not ex.body and not ex.info.chunked:
+            # The common case, _attach's work in short: a pooled connection and a head to send.
+            ex.backend = conn
+            ex.reused = True
+            conn.client = self
+            conn.exchange = ex
+            conn.idle = False
+            conn.transport.write(ex.head)  # type: ignore[union-attr]  # set: the connection was made
+            self._arm(self.config.first_byte_timeout, self._first_byte_expired)
+        else:
+            self._attach(ex, conn, reused=True)
 
     async def _open(self, ex: Exchange, route: AppRoute, endpoint: Endpoint) -> None:
         worker = self.worker
@@ -499,7 +526,9 @@ class ClientConnection(asyncio.Protocol):
         if conn is None:
             return
         ex.backend = None
-        self._uncount(ex)
+        if ex.counted and ex.endpoint is not None:  # _uncount, inline
+            ex.counted = False
+            self.worker.balancer.finished(ex.endpoint)
         conn.detach()
         if reusable and not conn.closed:
             self.worker.give_back(conn)
@@ -556,9 +585,10 @@ class ClientConnection(asyncio.Protocol):
             conn.close()  # a response nobody waits for: the connection's state is unknown
             return
         status, data, body_bytes, remaining, app_keep_alive = parts
-        self._disarm()
-        ex.plan = FAST_KEEP_ALIVE if ex.keep_alive and ex.body_done and not self.closing and not self.worker.draining \
-            else FAST_CLOSE
+        self.on_deadline = None
+        worker = self.worker
+        keep_alive = ex.keep_alive and ex.body_done and not self.closing and not worker.draining
+        ex.plan = FAST_KEEP_ALIVE if keep_alive else FAST_CLOSE
         ex.status = status
         ex.bytes_out = body_bytes
         self.transport.write(data)
@@ -567,8 +597,29 @@ class ClientConnection(asyncio.Protocol):
             conn.app_keep_alive = app_keep_alive
             ex.last_activity = self.loop.time()
             self._arm(self.config.idle_timeout, self._stream_idle)
+            return
+        # The whole response is out: what _finish does for a Content-Length body, in short.
+        ex.backend = None
+        if ex.counted and ex.endpoint is not None:
+            ex.counted = False
+            worker.balancer.finished(ex.endpoint)
+        if conn.reading_paused:
+            conn.detach()
         else:
-            self._finish(ex, reusable=app_keep_alive and ex.body_done)
+            conn.client = None
+            conn.exchange = None
+        if app_keep_alive and ex.body_done and not conn.closed:
+            worker.give_back(conn)
+        else:
+            conn.close()
+        self._record(ex)
+        self.current = None
+        if not keep_alive or self.closing:
+            self._close()
+        elif self.pending or worker.draining:
+            self._next()
+        else:
+            self._arm(self.config.idle_timeout, self._idle_expired)
 
     def fast_body(self, conn: BackendConnection, data: bytes) -> None:
         """Relay more of a Content-Length body whose response head took the fast path."""
@@ -776,22 +827,25 @@ class ClientConnection(asyncio.Protocol):
         deadline = self.loop.time() + seconds
         self.deadline = deadline
         self.on_deadline = callback
-        timer = self.timer
-        if timer is None or timer.when() > deadline:
+        if self.timer_at > deadline:  # no handle (inf), or one that fires too late
+            timer = self.timer
             if timer is not None:
                 timer.cancel()
             self.timer = self.loop.call_at(deadline, self._tick)
+            self.timer_at = deadline
 
     def _disarm(self) -> None:
         self.on_deadline = None
 
     def _tick(self) -> None:
         self.timer = None
+        self.timer_at = INFINITY
         callback = self.on_deadline
         if callback is None or self.closed:
             return
         if self.loop.time() < self.deadline:
             self.timer = self.loop.call_at(self.deadline, self._tick)
+            self.timer_at = self.deadline
             return
         self.on_deadline = None
         callback()

@@ -309,6 +309,25 @@ def test_it_formats_access_log_lines_as_the_general_path_does(fast: FastPath) ->
     assert fast.access_lines([]) == ""
 
 
+def test_it_encodes_access_log_batches_as_the_python_encoder_does(fast: FastPath) -> None:
+    from router.metrics import Recorder
+    from router.proxy import format_access_line
+
+    lines = [
+        ("", b"GET", b"/a?b=\xe9", "web1.apps.test", "0a1b2c3d-aaaa-4bbb-8ccc-000000000001", "127.0.0.1",
+         "10.0.0.5:5000", 0.52, 200, 19, b"http"),
+        ("app_reset", b"POST", b"/x\ny\tz", None, "trace-me-12345", "::1", "-", 2.5, 499, 0, b"https"),
+        ("", b"GET", b"/" + b"x" * 9000, "h\xe9", "id", "192.0.2.7", "-", 1e9, 200, 10**12, b"http"),
+    ]
+    entries = [(1795822720.123456 + i * 0.0000013, line) for i, line in enumerate(lines * 50)]
+    recorder = Recorder(formatter=format_access_line, log_maxlen=12345)
+    packed = fast.xadd_batch(b"paas:logs:web1", entries, 12345)
+    assert packed == recorder.pack_entries("paas:logs:web1", entries)
+    assert packed is not None and packed.count(b"\r\nXADD\r\n") == 150 and packed.count(b"XTRIM") == 1
+    assert fast.xadd_batch(b"k", [], 5) == Recorder(log_maxlen=5).pack_entries("k", [])
+    assert fast.xadd_batch(b"k", [(1.0, "a line the proxy did not record")], 5) is None
+
+
 def test_it_leaves_unusual_access_log_entries_to_python(fast: FastPath) -> None:
     assert fast.access_lines([(1.0, "a line the proxy did not record")]) is None
     assert fast.access_lines([(1.0, ("", b"GET", b"/", "\u263a", "id", "ip", "-", 1.0, 200, 0, b"http"))]) is None

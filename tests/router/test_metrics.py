@@ -2,9 +2,26 @@
 
 from __future__ import annotations
 
-import redis
+import asyncio
 
-from router.metrics import Recorder, bucket_field
+import redis
+import redis.asyncio as aioredis
+
+from router.follow import flush
+from router.metrics import LOG_BATCH, Recorder, bucket_field
+
+
+def send_all(redis_url: str, recorder: Recorder) -> None:
+    """Write what the recorder holds as a router worker does (router.follow.flush)."""
+
+    async def go() -> None:
+        client = aioredis.from_url(redis_url)
+        try:
+            await flush(client, recorder)
+        finally:
+            await client.aclose()
+
+    asyncio.run(go())
 
 
 def test_it_puts_a_latency_in_the_first_bucket_it_fits() -> None:
@@ -31,9 +48,9 @@ def test_it_batches_one_log_command_per_app_and_flush() -> None:
     for i in range(100):
         recorder.record("web1", 200, 1.0, 0, 0, f"line {i}")
     commands = recorder.take()
-    evals = [c for c in commands if c[0] == "EVAL"]
-    assert len(evals) == 1 and evals[0][3] == "paas:logs:web1"
-    assert len(evals[0]) == 6  # the whole batch travels as one argument
+    batches = [c for c in commands if c[0] == LOG_BATCH]
+    assert len(batches) == 1 and batches[0][1] == "paas:logs:web1" and batches[0][2] == 100
+    assert isinstance(batches[0][3], bytes)  # the whole batch travels encoded already
     assert not recorder.pending() and recorder.take() == []
 
 
@@ -45,7 +62,7 @@ def test_it_hands_over_log_lines_in_slices() -> None:
     assert any(c[0] == "HINCRBY" for c in first)
     assert recorder.pending() and len(recorder.lines) == 15
     second = recorder.take(max_lines=10)
-    assert all(c[0] == "EVAL" for c in second)
+    assert all(c[0] == LOG_BATCH for c in second)
     recorder.take(max_lines=10)
     assert not recorder.pending()
 
@@ -58,14 +75,11 @@ def test_it_keeps_memory_bounded_when_lines_cannot_be_written() -> None:
     assert recorder.counts("web1")["requests"] == 25
 
 
-def test_it_writes_counters_and_a_capped_log_stream_to_redis(redis_client: redis.Redis) -> None:
+def test_it_writes_counters_and_a_capped_log_stream_to_redis(redis_client: redis.Redis, redis_url: str) -> None:
     recorder = Recorder(log_maxlen=1000, clock=lambda: 6000.0)
     for i in range(3):
         recorder.record("web1", 200, 2.0, 5, 7, f'at=info status=200 path="/a b\tc" n={i}')
-    pipe = redis_client.pipeline(transaction=False)
-    for command in recorder.take():
-        pipe.execute_command(*command)
-    pipe.execute()
+    send_all(redis_url, recorder)
     totals = redis_client.hgetall("paas:metrics:router:web1")
     assert totals[b"requests"] == b"3" and totals[b"status_2xx"] == b"3" and totals[b"bytes_out"] == b"21"
     assert redis_client.hget("paas:metrics:router:web1:100", "requests") == b"3"
@@ -75,16 +89,32 @@ def test_it_writes_counters_and_a_capped_log_stream_to_redis(redis_client: redis
     assert entries[0][1][b"tag"] == b"router" and entries[0][1][b"time"] == b"6000.000000"
 
 
-def test_it_keeps_the_log_stream_near_its_cap(redis_client: redis.Redis) -> None:
+def test_it_keeps_the_log_stream_near_its_cap(redis_client: redis.Redis, redis_url: str) -> None:
     recorder = Recorder(log_maxlen=100, clock=lambda: 6000.0)
     for batch in range(5):
         for i in range(200):
             recorder.record("web1", 200, 1.0, 0, 0, f"line {batch}.{i}")
-        pipe = redis_client.pipeline(transaction=False)
-        for command in recorder.take():
-            pipe.execute_command(*command)
-        pipe.execute()
+        send_all(redis_url, recorder)
     # Trimming is approximate (whole stream nodes of 100 entries) and once per batch.
     assert 100 <= redis_client.xlen("paas:logs:web1") < 300
     last = redis_client.xrevrange("paas:logs:web1", count=1)[0][1]
     assert last[b"line"] == b"line 4.199" and last[b"tag"] == b"router"
+
+
+def test_it_writes_non_ascii_lines_and_leaves_the_connection_answering(redis_client: redis.Redis,
+                                                                       redis_url: str) -> None:
+    recorder = Recorder(clock=lambda: 6000.0)
+    recorder.record("web1", 200, 1.0, 0, 0, "path=/caf\u00e9 \u263a")
+    recorder.record("web2", 404, 1.0, 0, 0, "second app")
+
+    async def go() -> list[object]:
+        client = aioredis.from_url(redis_url, max_connections=1)  # the one the batch went over
+        try:
+            await flush(client, recorder)
+            return [await client.ping(), await client.get("nothing-here")]
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(go()) == [True, None]  # replies are on again
+    assert redis_client.xrange("paas:logs:web1")[0][1][b"line"] == "path=/caf\u00e9 \u263a".encode()
+    assert redis_client.xrange("paas:logs:web2")[0][1][b"line"] == b"second app"
