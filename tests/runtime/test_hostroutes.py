@@ -7,12 +7,17 @@ from __future__ import annotations
 
 import os
 import secrets
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
 
 from runtime.hostroutes import NET_KEY, Peer, announce, peers, plan
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_it_routes_every_other_hosts_subnet_via_its_address() -> None:
@@ -67,3 +72,16 @@ def test_it_skips_a_malformed_announcement(rdb: redis.Redis[bytes]) -> None:
         assert host not in {p.host for p in peers(rdb)}
     finally:
         rdb.delete(NET_KEY.format(host=host))
+
+
+def test_its_command_says_what_is_wrong_without_a_traceback(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    state = ["--state", str(tmp_path / "routes.json")]
+    no_redis = subprocess.run([sys.executable, "-m", "runtime.hostroutes", *state], env=env,
+                              capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert no_redis.returncode == 2 and "REDIS_URL must be set" in no_redis.stderr
+    env["REDIS_URL"] = "redis://127.0.0.1:1/0"
+    bad = subprocess.run([sys.executable, "-m", "runtime.hostroutes", *state, "--interval", "0"],
+                         env=env, capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert bad.returncode == 2 and "--interval must be between" in bad.stderr
+    assert "Traceback" not in no_redis.stderr + bad.stderr
