@@ -199,6 +199,8 @@ static int request_id_ok(const char *v, Py_ssize_t len)
     return 1;
 }
 
+static char *put_u64(char *o, unsigned long long v);
+
 /* Request ids: the prefix and counter router/headers.py hands over (see _RequestIds). */
 static char id_prefix[64];
 static Py_ssize_t id_prefix_len;
@@ -230,7 +232,12 @@ static PyObject *make_request_id(void)
 {
     char id[64 + 12];
     memcpy(id, id_prefix, (size_t)id_prefix_len);
-    snprintf(id + id_prefix_len, 13, "%012llx", id_counter++ & 0xFFFFFFFFFFFFULL);
+    static const char hex[] = "0123456789abcdef";
+    unsigned long long counter = id_counter++ & 0xFFFFFFFFFFFFULL;
+    for (int i = 11; i >= 0; i--) {  /* "%012llx", without printf's cost */
+        id[id_prefix_len + i] = hex[counter & 0xF];
+        counter >>= 4;
+    }
     return PyUnicode_DecodeASCII(id, id_prefix_len + 12, NULL);
 }
 
@@ -241,6 +248,21 @@ static PyObject *new_request_id(PyObject *self, PyObject *unused)
         return NULL;
     }
     return make_request_id();
+}
+
+/* A tuple of these new references (stolen); NULL, and all released, if any of them is NULL. */
+static PyObject *new_tuple(PyObject **items, Py_ssize_t n)
+{
+    PyObject *tuple = NULL;
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (items[i] == NULL) goto fail;
+    tuple = PyTuple_New(n);
+    if (tuple == NULL) goto fail;
+    for (Py_ssize_t i = 0; i < n; i++) PyTuple_SET_ITEM(tuple, i, items[i]);
+    return tuple;
+fail:
+    for (Py_ssize_t i = 0; i < n; i++) Py_XDECREF(items[i]);
+    return NULL;
 }
 
 static const char *METHODS[] = {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", NULL};
@@ -362,7 +384,7 @@ static PyObject *fast_request(PyObject *self, PyObject *const *args, Py_ssize_t 
     clock_gettime(CLOCK_REALTIME, &now);
     double wall = (double)now.tv_sec + (double)now.tv_nsec / 1e9;
     char start_ms[32];
-    int start_len = snprintf(start_ms, sizeof start_ms, "%lld", (long long)(wall * 1000.0));
+    Py_ssize_t start_len = put_u64(start_ms, (unsigned long long)(wall * 1000.0)) - start_ms;
 
     Py_ssize_t ip_len = PyBytes_GET_SIZE(ip), via_len = PyBytes_GET_SIZE(via);
     Py_ssize_t size = method_len + 1 + target_len + 11;
@@ -417,8 +439,12 @@ static PyObject *fast_request(PyObject *self, PyObject *const *args, Py_ssize_t 
     int http11_keep = http11 ? !close : keep_alive;
     PyObject *host_s = PyUnicode_DecodeLatin1(host->value, host->value_len, NULL);
     if (host_s == NULL) { Py_DECREF(out); Py_DECREF(id); return NULL; }
-    return Py_BuildValue("(y#y#NNOONLd)", data, method_len, target, target_len, host_s, id,
-                         http11_keep ? Py_True : Py_False, http11 ? Py_True : Py_False, out, length, wall);
+    PyObject *items[9] = {
+        PyBytes_FromStringAndSize(data, method_len), PyBytes_FromStringAndSize(target, target_len), host_s, id,
+        Py_NewRef(http11_keep ? Py_True : Py_False), Py_NewRef(http11 ? Py_True : Py_False), out,
+        PyLong_FromLongLong(length), PyFloat_FromDouble(wall),
+    };
+    return new_tuple(items, 9);
 }
 
 /* response(data, via, client_keep_alive) -> None, or (status, out, body_in_out, remaining,
@@ -521,7 +547,11 @@ static PyObject *fast_response(PyObject *self, PyObject *const *args, Py_ssize_t
         PyErr_SetString(PyExc_SystemError, "fastpath: response head size mismatch");
         return NULL;
     }
-    return Py_BuildValue("(iNnLO)", status, out, rest, length - (long long)rest, close ? Py_False : Py_True);
+    PyObject *items[5] = {
+        PyLong_FromLong(status), out, PyLong_FromSsize_t(rest), PyLong_FromLongLong(length - (long long)rest),
+        Py_NewRef(close ? Py_False : Py_True),
+    };
+    return new_tuple(items, 5);
 }
 
 /* Append a str field; only 1-byte (Latin-1) strings, as every field the proxy records is. */

@@ -436,7 +436,8 @@ class ClientConnection(asyncio.Protocol):
 
     def _connect(self, ex: Exchange, route: AppRoute, *, fresh: bool = False) -> None:
         balancer = self.worker.balancer
-        endpoint = balancer.pick(route.endpoints, self.loop.time(), ex.tried)
+        # The clock only matters to the balancer while an endpoint is set aside.
+        endpoint = balancer.pick(route.endpoints, self.loop.time() if balancer.aside_until else 0.0, ex.tried)
         if endpoint is None:
             self._answer_error(ex, 502, "app_not_answering", ERRORS["app_not_answering"][1])
             return
