@@ -11,6 +11,11 @@ from typing import Any, Protocol
 
 log = logging.getLogger(__name__)
 
+# A stop follows the route-table change that took the container out; routers apply that change
+# a moment later (pub/sub), and until then may still send it requests. The agent stops it only
+# after this pause, so no request lands on a container that is going away.
+STOP_DRAIN_S = 2.0
+
 
 class Dispatcher(Protocol):
     def run(self, host: str, spec: dict[str, Any]) -> None: ...
@@ -39,6 +44,7 @@ class CeleryDispatcher:
             "agent.container_stop",
             kwargs={"container_id": container_id, "timeout_s": timeout_s},
             queue=f"host.{host}",
+            countdown=STOP_DRAIN_S,
         )
 
     def oneoff(self, host: str, spec: dict[str, Any], timeout_s: float) -> None:
