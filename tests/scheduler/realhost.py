@@ -40,13 +40,16 @@ def route(r: redis.Redis, app: App) -> list[str]:
     return [] if raw is None else [e.key for e in decode_app(app.name, raw).endpoints]
 
 
-def new_app(member: Any, image: str) -> App:
+WEB = "exec httpd -f -p $PORT -h /"
+
+
+def new_app(member: Any, image: str, web: str = WEB) -> App:
     app = actions.app_create(actor=member, name=f"e{secrets.token_hex(4)}", team=member.team)
-    deploy(member, app, image)
+    deploy(member, app, image, web)
     return app
 
 
-def deploy(member: Any, app: App, image: str) -> None:
+def deploy(member: Any, app: App, image: str, web: str = WEB) -> None:
     build = actions.build_create(actor=member, app=app, commit=COMMIT)
     actions.build_finish(actor=member, build=build, succeeded=True, image_digest=image,
-                         process_types={"web": "exec httpd -f -p $PORT -h /"})
+                         process_types={"web": web})

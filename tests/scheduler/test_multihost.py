@@ -42,7 +42,7 @@ from tests.scheduler.netns_hosts import (
     routes_to,
     sweep_leftovers,
 )
-from tests.scheduler.realhost import converge, new_app, route
+from tests.scheduler.realhost import WEB, converge, new_app, route
 
 pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
@@ -170,12 +170,13 @@ def test_it_spreads_six_web_containers_over_three_hosts_fails_over_and_redeploys
     cluster.start_routes()
     controller = ImageStore(cluster.work / "controller" / "images")
     image = controller.resolve(build_tiny_image(controller)).digest
-    app = new_app(member, image)
-    made: set[str] = set()
+    # Each container says where it serves, so the app's log shows output from every host.
+    app = new_app(member, image, web='echo "serving as $(cat /etc/hostname)"; ' + WEB)
+    made: set[str] = set()  # every container seen ready
 
     def ready(n: int, on: set[str], version: int | None = None) -> bool:
         rows = list(Container.objects.filter(app=app).select_related("host", "release"))
-        made.update(c.id for c in rows)
+        made.update(c.id for c in rows if c.state == "ready")
         return (len(rows) == n == len(route(r, app)) and all(c.state == "ready" for c in rows)
                 and {c.host.name for c in rows if c.host} <= on
                 and (version is None or all(c.release.version == version for c in rows)))
@@ -230,6 +231,20 @@ def test_it_spreads_six_web_containers_over_three_hosts_fails_over_and_redeploys
         assert not old & set(Container.objects.filter(app=app).values_list("id", flat=True))
         assert len(redeploy.statuses) >= 2
         assert redeploy.failures() == Counter(), (redeploy.statuses, redeploy.bodies)
+
+        # The app's log (what `paas logs` reads) has every container's output, from every host,
+        # the dead one's included, tagged with its process.
+        assert len(made) >= 12
+
+        def shipped() -> set[str]:
+            return {f[b"line"].decode().removeprefix("serving as ")
+                    for _id, f in r.xrange(f"paas:logs:{app.name}")
+                    if f[b"tag"].startswith(b"app[web.") and f[b"line"].startswith(b"serving as ")}
+
+        deadline = time.monotonic() + 30
+        while not made <= shipped() and time.monotonic() < deadline:
+            time.sleep(0.25)
+        assert made <= shipped(), (made - shipped(), cluster.logs())
     finally:
         with contextlib.suppress(redis.RedisError):
             route_app_delete(r, app.name)
