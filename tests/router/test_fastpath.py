@@ -228,6 +228,9 @@ class Spy:
     def access_lines(self, entries: list[tuple[float, Any]], /) -> str | None:
         return self.inner.access_lines(entries)
 
+    def xadd_batch(self, key: bytes, entries: list[tuple[float, Any]], maxlen: int, /) -> bytes | None:
+        return self.inner.xadd_batch(key, entries, maxlen)
+
     def seed_request_ids(self, prefix: str, start: int, /) -> None:
         self.inner.seed_request_ids(prefix, start)
 
