@@ -685,11 +685,14 @@ class ClientConnection(asyncio.Protocol):
             return
         if plan is None:
             if ex.reused and ex.bytes_in == 0 and ex.attempts < CONNECT_ATTEMPTS and not self.closed:
-                # A pooled connection the app had closed just as we reused it: open a new one.
+                # A pooled connection the app had closed just as we reused it: open a new one,
+                # to any of the app's endpoints (this one may be going away for good).
                 self._release(ex, reusable=False)
-                assert ex.endpoint is not None
-                route = AppRoute(ex.app or "", (ex.endpoint,))
-                self._connect(ex, route, fresh=True)
+                decision = self.worker.table.decide(ex.info.host)
+                if type(decision) is Forward:
+                    self._connect(ex, decision.route, fresh=True)
+                else:
+                    self._answer_error(ex, 502, "app_reset", ERRORS["app_reset"][1])
                 return
             self._release(ex, reusable=False)
             self._answer_error(ex, 502, "app_reset", ERRORS["app_reset"][1])

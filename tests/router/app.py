@@ -60,6 +60,7 @@ class App:
         self.seen: list[dict[str, object]] = []
         self.server: asyncio.Server | None = None
         self.port = 0
+        self.ends_on_reuse = False  # a container stopping: its next reused connection ends it
 
     async def start(self, port: int = 0) -> App:
         self.server = await asyncio.start_server(self.handle, "127.0.0.1", port)
@@ -88,6 +89,9 @@ class App:
                 served_here += 1
                 if request[1] == "/second-dies" and served_here > 1:
                     break  # a keep-alive connection the app dropped just as the router reused it
+                if self.ends_on_reuse and served_here > 1 and self.server:
+                    self.server.close()  # the app goes away for good (no more connections) ...
+                    break  # ... and drops the connection the router reused
                 if not await self.answer(request, reader, writer):
                     break
         except (ConnectionError, asyncio.IncompleteReadError, ValueError):

@@ -131,6 +131,26 @@ async def test_it_retries_a_bodyless_request_once_when_a_reused_app_connection_d
 
 
 @run
+async def test_it_retries_on_another_endpoint_when_a_reused_connection_drops_and_its_app_is_gone() -> None:
+    """A container stopping during a redeploy: it drops the pooled connection the router reuses
+    and accepts no new one, while the route table still lists it next to a healthy one."""
+    healthy = await App("healthy").start()
+    async with running_router() as router:
+        for _ in range(8):  # the balancer picks at random: often enough to reuse the dying one
+            dying = await App("dying").start()
+            dying.ends_on_reuse = True
+            router.set_app("web1", [dying.endpoint])
+            client = await Client.connect(router.port)
+            assert (await client.request()).status == 200
+            router.set_app("web1", [dying.endpoint, healthy.endpoint])
+            response = await client.request()
+            assert response.status == 200, response.header("X-Paas-Error")
+            client.close()
+            await dying.stop()
+    await healthy.stop()
+
+
+@run
 async def test_it_streams_a_chunked_upload_and_a_chunked_response() -> None:
     app = await App().start()
     async with running_router() as router:
