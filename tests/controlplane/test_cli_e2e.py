@@ -13,7 +13,6 @@ import pty
 import select
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -28,7 +27,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.liveprocs import stop_groups, wait_until_answers
+from tests.liveprocs import free_port, isolated_env, start_redis, stop_groups, wait_until_answers
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -36,13 +35,6 @@ PAAS = str(BIN / "paas")
 PASSWORD = "correct horse battery staple"
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
 
 
 @dataclass
@@ -95,19 +87,10 @@ class Server:
 def server() -> Iterator[Server]:
     work = Path(tempfile.mkdtemp(prefix="paas-cli-e2e-"))
     port, redis_port = free_port(), free_port()
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("PAAS_") and k not in ("DATABASE_URL", "REDIS_URL")}
-    env.update({
-        "PAAS_DATA_DIR": str(work / "data"),
-        "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
-        "PAAS_SECRET_KEY": "cli-e2e-" + uuid.uuid4().hex,
-    })
+    env = isolated_env(work, redis_port, "cli-e2e")
     # The broker the API enqueues on: a redis-server of this module's own, so that no other
     # test's worker picks up this server's tasks.
-    redis = subprocess.Popen(
-        ["redis-server", "--bind", "127.0.0.1", "--port", str(redis_port), "--dir", str(work),
-         "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL, start_new_session=True,
-    )
+    redis = start_redis(work, redis_port)
     web: subprocess.Popen[bytes] | None = None
     log = open(work / "gunicorn.log", "wb")  # noqa: SIM115 — closed in the finally below
     try:

@@ -26,7 +26,7 @@ import redis
 from paas_cli.client import ApiClient
 from paas_cli.logs import format_line, show_logs
 from tests.controlplane.test_cli_e2e import ROOT, Server, free_port
-from tests.liveprocs import stop_groups, wait_until_answers
+from tests.liveprocs import isolated_env, start_redis, stop_groups, wait_until_answers
 
 BIN = Path(sys.executable).parent
 PAAS = str(BIN / "paas")
@@ -61,19 +61,10 @@ class Site:
 def site() -> Iterator[Site]:
     work = Path(tempfile.mkdtemp(prefix="paas-cli-logs-"))
     port, redis_port = free_port(), free_port()
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("PAAS_") and k not in ("DATABASE_URL", "REDIS_URL")}
-    env.update({
-        "PAAS_DATA_DIR": str(work / "data"),
-        "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
-        "PAAS_SECRET_KEY": "cli-logs-" + uuid.uuid4().hex,
-        "PAAS_LOG_FOLLOW_KEEPALIVE_MS": "300",
-        "PAAS_LOG_FOLLOW_MAX_S": "600",
-    })
-    rs = subprocess.Popen(
-        ["redis-server", "--bind", "127.0.0.1", "--port", str(redis_port), "--dir", str(work),
-         "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL, start_new_session=True,
-    )
+    env = isolated_env(work, redis_port, "cli-logs",
+                       PAAS_LOG_FOLLOW_KEEPALIVE_MS="300",
+                       PAAS_LOG_FOLLOW_MAX_S="600")
+    rs = start_redis(work, redis_port)
     web: subprocess.Popen[bytes] | None = None
     log = open(work / "gunicorn.log", "wb")  # noqa: SIM115 — closed in the finally below
     client: redis.Redis[bytes] = redis.Redis(port=redis_port)

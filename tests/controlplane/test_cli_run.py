@@ -18,7 +18,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,7 @@ import pytest
 from runtime.images import ImageStore
 from runtime.tinyimage import build_tiny_image
 from tests.controlplane.test_cli_e2e import BIN, PAAS, ROOT, Server, free_port
-from tests.liveprocs import stop_groups, wait_until_answers
+from tests.liveprocs import isolated_env, start_redis, stop_groups, wait_until_answers
 from tests.runtime.daemon_fixtures import Daemon
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
@@ -77,11 +76,7 @@ def platform() -> Iterator[Platform]:
         pytest.fail("this test needs root (it runs real containers)")
     work = Path(tempfile.mkdtemp(prefix="paas-cli-run-"))
     port, redis_port = free_port(), free_port()
-    redis_url = f"redis://127.0.0.1:{redis_port}/0"
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("PAAS_") and k not in ("DATABASE_URL", "REDIS_URL")}
-    env.update({"PAAS_DATA_DIR": str(work / "data"), "REDIS_URL": redis_url,
-                "PAAS_SECRET_KEY": "cli-run-" + uuid.uuid4().hex})
+    env = isolated_env(work, redis_port, "cli-run")
     subnet = f"10.{random.randint(160, 250)}.{random.randint(0, 255)}.0/24"
     daemon = Daemon(work / "runtime", network=(f"pr{secrets.token_hex(3)}", subnet))
     daemon.root.mkdir()
@@ -89,9 +84,7 @@ def platform() -> Iterator[Platform]:
     redis = web = agent = None
     logs = [open(work / name, "wb") for name in ("gunicorn.log", "agent.log")]  # noqa: SIM115
     try:
-        redis = subprocess.Popen(
-            ["redis-server", "--bind", "127.0.0.1", "--port", str(redis_port), "--dir", str(work),
-             "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL, start_new_session=True)
+        redis = start_redis(work, redis_port)
         daemon.start()
         store = ImageStore(daemon.root / "images")
         image = store.resolve(build_tiny_image(store)).digest

@@ -7,7 +7,6 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -18,17 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.liveprocs import stop_groups, wait_until_answers
+from tests.liveprocs import free_port, isolated_env, start_redis, stop_groups, wait_until_answers
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
 
 
 def unique(prefix: str) -> str:
@@ -62,22 +54,13 @@ def running_server(extra_env: dict[str, str] | None = None,
     process starts (by default it puts the tiny image in the store as the build stack)."""
     work = Path(tempfile.mkdtemp(prefix="paas-git-"))
     port, redis_port = free_port(), free_port()
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("PAAS_") and k not in ("DATABASE_URL", "REDIS_URL")}
-    env.update({
-        "PAAS_DATA_DIR": str(work / "data"),
-        "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
-        "PAAS_SECRET_KEY": "git-" + uuid.uuid4().hex,
-        "PAAS_BUILD_STACK": "tiny",
-        "PAAS_BUILD_PROGRESS_S": "1",
-        "PAAS_GIT_MAX_REPO_MB": "24",
-        "PAAS_DOMAIN": "apps.test",
-        **(extra_env or {}),
-    })
-    redis = subprocess.Popen(
-        ["redis-server", "--bind", "127.0.0.1", "--port", str(redis_port), "--dir", str(work),
-         "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL, start_new_session=True,
-    )
+    env = isolated_env(work, redis_port, "git",
+                       PAAS_BUILD_STACK="tiny",
+                       PAAS_BUILD_PROGRESS_S="1",
+                       PAAS_GIT_MAX_REPO_MB="24",
+                       PAAS_DOMAIN="apps.test",
+                       **(extra_env or {}))
+    redis = start_redis(work, redis_port)
     web: subprocess.Popen[bytes] | None = None
     log_path = work / "gunicorn.log"
     log = open(log_path, "wb")  # noqa: SIM115 — closed in the finally below

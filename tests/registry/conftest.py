@@ -4,9 +4,7 @@ redis-server) holding the tiny busybox image as one app's build, and the tokens 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -18,17 +16,10 @@ from pathlib import Path
 import pytest
 
 from runtime.images import ImageStore
-from tests.liveprocs import stop_groups, wait_until_answers
+from tests.liveprocs import free_port, isolated_env, start_redis, stop_groups, wait_until_answers
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
 
 
 @dataclass
@@ -59,17 +50,8 @@ def _shell(env: dict[str, str], code: str) -> object:
 def registry() -> Iterator[Registry]:
     work = Path(tempfile.mkdtemp(prefix="paas-registry-"))
     port, redis_port = free_port(), free_port()
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("PAAS_") and k not in ("DATABASE_URL", "REDIS_URL")}
-    env.update({
-        "PAAS_DATA_DIR": str(work / "data"),
-        "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
-        "PAAS_SECRET_KEY": "reg-" + uuid.uuid4().hex,
-    })
-    redis = subprocess.Popen(
-        ["redis-server", "--bind", "127.0.0.1", "--port", str(redis_port), "--dir", str(work),
-         "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL, start_new_session=True,
-    )
+    env = isolated_env(work, redis_port, "reg")
+    redis = start_redis(work, redis_port)
     web: subprocess.Popen[bytes] | None = None
     log_path = work / "gunicorn.log"
     log = open(log_path, "wb")  # noqa: SIM115 - closed in the finally below
