@@ -141,6 +141,26 @@ def as_persona(client: Client, acme: Acme) -> Any:
     return log_in
 
 
+def write_router_commands(r: Any, commands: list[tuple[Any, ...]]) -> None:
+    """Write what the router's `Recorder.take` hands over the way the router does
+    (router.follow.send): counters in one pipeline, log batches as raw RESP with replies off."""
+    from router.metrics import LOG_BATCH, REPLY_OFF, REPLY_ON
+
+    pipe = r.pipeline(transaction=False)
+    for command in commands:
+        if command[0] != LOG_BATCH:
+            pipe.execute_command(*command)
+    pipe.execute()
+    batches = [command[3] for command in commands if command[0] == LOG_BATCH]
+    if batches:
+        conn = r.connection_pool.get_connection()
+        try:
+            conn.send_packed_command([REPLY_OFF, *batches, REPLY_ON])
+            assert conn.read_response() in (b"OK", "OK")
+        finally:
+            r.connection_pool.release(conn)
+
+
 def seed_live_data(app: str, now: float, minutes: int = 60) -> list[str]:
     """Write an hour of request metrics and some log lines for `app` to the real Redis, the way
     the router writes them (its own Recorder makes the commands), plus per-minute container usage.
@@ -165,11 +185,8 @@ def seed_live_data(app: str, now: float, minutes: int = 60) -> list[str]:
             recorder.record(app, status, ms, 300, 2000,
                             f'GET /items/{i} {status} {ms}ms')
         commands = recorder.take()
-        pipe = r.pipeline(transaction=False)
-        for command in commands:
-            pipe.execute_command(*command)
-            keys.add(str(command[1]))
-        pipe.execute()
+        write_router_commands(r, commands)
+        keys.update(str(command[1]) for command in commands)
         usage_key = f"{runtime_metrics_key(app)}:{int(minute_start // 60)}"
         r.hset(usage_key, mapping={"memory_bytes": (180 + back % 9 * 6) * 2**20,
                                    "cpu_millis": 9000 + rng.randrange(6000)})

@@ -17,6 +17,7 @@ from core import actions
 from router.metrics import Recorder, logs_key
 from runtime.agent.reports import ContainerUsage, Heartbeat, Reporter
 from scheduler.ingest import ingest
+from tests.web.conftest import write_router_commands
 from web import charts, live
 
 from .conftest import Acme, login
@@ -40,10 +41,7 @@ def app_name(r: redis.Redis) -> Iterator[str]:
 
 
 def _write(r: redis.Redis, commands: list[tuple[Any, ...]]) -> None:
-    pipe = r.pipeline(transaction=False)
-    for command in commands:
-        pipe.execute_command(*command)
-    pipe.execute()
+    write_router_commands(r, commands)
 
 
 def test_it_tails_the_newest_log_lines_oldest_first(r: redis.Redis, app_name: str) -> None:
