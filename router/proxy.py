@@ -690,6 +690,8 @@ class ClientConnection(asyncio.Protocol):
                 self._release(ex, reusable=False)
                 decision = self.worker.table.decide(ex.info.host)
                 if type(decision) is Forward:
+                    if ex.endpoint is not None and len(decision.route.endpoints) > 1:
+                        ex.tried.add(ex.endpoint.key)  # another one first, while there are others
                     self._connect(ex, decision.route, fresh=True)
                 else:
                     self._answer_error(ex, 502, "app_reset", ERRORS["app_reset"][1])
