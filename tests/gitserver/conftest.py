@@ -54,12 +54,9 @@ def running_server(extra_env: dict[str, str] | None = None,
     process starts (by default it puts the tiny image in the store as the build stack)."""
     work = Path(tempfile.mkdtemp(prefix="paas-git-"))
     port, redis_port = free_port(), free_port()
-    env = isolated_env(work, redis_port, "git",
-                       PAAS_BUILD_STACK="tiny",
-                       PAAS_BUILD_PROGRESS_S="1",
-                       PAAS_GIT_MAX_REPO_MB="24",
-                       PAAS_DOMAIN="apps.test",
-                       **(extra_env or {}))
+    defaults = {"PAAS_BUILD_STACK": "tiny", "PAAS_BUILD_PROGRESS_S": "1",
+                "PAAS_GIT_MAX_REPO_MB": "24", "PAAS_DOMAIN": "apps.test"}
+    env = isolated_env(work, redis_port, "git", **{**defaults, **(extra_env or {})})
     redis = start_redis(work, redis_port)
     web: subprocess.Popen[bytes] | None = None
     log_path = work / "gunicorn.log"
