@@ -15,6 +15,7 @@ from core import actions
 from core.models import App, Container, Host, Release
 from router.table import APPS_KEY, route_app_delete
 from scheduler import dispatch
+from scheduler.reconcile import reconcile_app
 from tests.scheduler.fakes import RecordingDispatcher
 
 DIGEST = "sha256:" + "cd" * 32
@@ -70,6 +71,17 @@ def app(member: Any, r: redis.Redis, deploy: Callable[..., Release]) -> Iterator
     yield a
     if r.hexists(APPS_KEY, a.name):
         route_app_delete(r, a.name)
+
+
+@pytest.fixture
+def run(django_capture_on_commit_callbacks: Any) -> Callable[..., Any]:
+    """Reconcile and run what waits for the commit (routes, agent tasks)."""
+
+    def go(app: App, now: float | None = None) -> Any:
+        with django_capture_on_commit_callbacks(execute=True):
+            return reconcile_app(app.pk, now=now)
+
+    return go
 
 
 @pytest.fixture

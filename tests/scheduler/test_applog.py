@@ -18,19 +18,9 @@ from router.metrics import logs_key
 from runtime.agent.reports import Reporter
 from scheduler import applog
 from scheduler.ingest import ingest
-from scheduler.reconcile import reconcile_app
 from tests.scheduler.conftest import containers, mark, scale
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def run(django_capture_on_commit_callbacks: Any) -> Any:
-    def go(app: App) -> Any:
-        with django_capture_on_commit_callbacks(execute=True):
-            return reconcile_app(app.pk)
-
-    return go
 
 
 @pytest.fixture

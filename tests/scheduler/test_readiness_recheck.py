@@ -25,19 +25,10 @@ from runtime.agent.config import AgentSettings
 from runtime.agent.core import CHECK_STALE_S, Agent
 from runtime.agent.reports import Reporter
 from scheduler import dispatch, tasks
-from scheduler.reconcile import READINESS_GRACE_S, READINESS_KEY, reconcile_app
+from scheduler.reconcile import READINESS_GRACE_S, READINESS_KEY
 from tests.scheduler.conftest import containers
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def run(django_capture_on_commit_callbacks: Any) -> Any:
-    def go(app: App, now: float | None = None) -> Any:
-        with django_capture_on_commit_callbacks(execute=True):
-            return reconcile_app(app.pk, now=now)
-
-    return go
 
 
 @pytest.fixture

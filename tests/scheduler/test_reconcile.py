@@ -22,17 +22,6 @@ from tests.scheduler.fakes import RecordingDispatcher
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture
-def run(django_capture_on_commit_callbacks: Any) -> Any:
-    """Reconcile and run what waits for the commit (routes, agent tasks)."""
-
-    def go(app: App, now: float | None = None) -> Any:
-        with django_capture_on_commit_callbacks(execute=True):
-            return reconcile_app(app.pk, now=now)
-
-    return go
-
-
 def endpoints(r: redis.Redis, app: App) -> list[str]:
     raw = r.hget(APPS_KEY, app.name)
     return [] if raw is None else [e.key for e in decode_app(app.name, raw).endpoints]

@@ -9,26 +9,16 @@ import json
 import secrets
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis
 
-from core.models import App, Container, ReleaseStatus
+from core.models import Container, ReleaseStatus
 from runtime.agent.logship import MARKER_KEY, LogShipper, LogShipSettings
-from scheduler.reconcile import READINESS_KEY, reconcile_app
+from scheduler.reconcile import READINESS_KEY
 from tests.scheduler.conftest import containers
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def run(django_capture_on_commit_callbacks: Any) -> Any:
-    def go(app: App, now: float | None = None) -> Any:
-        with django_capture_on_commit_callbacks(execute=True):
-            return reconcile_app(app.pk, now=now)
-
-    return go
 
 
 def lay_out(root: Path, c: Container) -> Path:

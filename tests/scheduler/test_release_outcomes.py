@@ -13,19 +13,9 @@ import redis
 from core import actions
 from core.models import App, Container, Release, ReleaseStatus
 from scheduler.planner import backoff_s, status
-from scheduler.reconcile import reconcile_app
 from tests.scheduler.conftest import containers, mark, scale
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def run(django_capture_on_commit_callbacks: Any) -> Any:
-    def go(app: App, now: float | None = None) -> Any:
-        with django_capture_on_commit_callbacks(execute=True):
-            return reconcile_app(app.pk, now=now)
-
-    return go
 
 
 @pytest.fixture

@@ -16,22 +16,12 @@ from core.errors import Invalid
 from core.models import App, Formation, Release, ReleaseStatus
 from runtime.agent.oneoff import run_stream
 from scheduler import oneoff
-from scheduler.reconcile import reconcile_app
 from tests.scheduler.conftest import COMMIT, DIGEST, containers, mark
 from tests.scheduler.fakes import RecordingDispatcher
 
 pytestmark = pytest.mark.django_db
 
 NEW_DIGEST = "sha256:" + "ef" * 32
-
-
-@pytest.fixture
-def run(django_capture_on_commit_callbacks: Any) -> Any:
-    def go(app: App, now: float | None = None) -> Any:
-        with django_capture_on_commit_callbacks(execute=True):
-            return reconcile_app(app.pk, now=now)
-
-    return go
 
 
 def serve(app: App, run: Any) -> list[str]:
