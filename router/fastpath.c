@@ -17,6 +17,7 @@
 #include <string.h>
 #include <math.h>
 #include <time.h>
+#include <unistd.h>
 
 #define MAX_FIELDS 256
 
@@ -848,6 +849,8 @@ done:
     return result;
 }
 
+#include "fastconn.c"
+
 static PyMethodDef methods[] = {
     {"seed_request_ids", (PyCFunction)(void (*)(void))seed_request_ids, METH_FASTCALL,
      "Take over request ids: this prefix, then a counter from `start`."},
@@ -860,6 +863,8 @@ static PyMethodDef methods[] = {
      "Parse one complete plain request; None when the general path must handle it."},
     {"response", (PyCFunction)(void (*)(void))fast_response, METH_FASTCALL,
      "Parse one plain Content-Length response head; None when the general path must handle it."},
+    {"setup", (PyCFunction)(void (*)(void))setup, METH_FASTCALL,
+     "Hand over what the connection types need from router/proxy.py."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -871,5 +876,7 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC PyInit__fastpath(void)
 {
     init_tables();
-    return PyModule_Create(&module);
+    PyObject *m = PyModule_Create(&module);
+    if (m != NULL && add_connection_types(m) < 0) Py_CLEAR(m);
+    return m;
 }

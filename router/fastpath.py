@@ -26,6 +26,8 @@ from router.headers import hand_over_request_ids
 
 log = logging.getLogger("router")
 SOURCE = Path(__file__).with_name("fastpath.c")
+# Sources the main one includes, looked for next to it (then next to this file).
+INCLUDED = ("fastconn.c",)
 
 # request(): method, target, host, request id, keep-alive, HTTP/1.1, head and body for the app,
 # body length, start time (Unix seconds).
@@ -78,7 +80,11 @@ def compile_extension(target_dir: Path | None = None, source: Path = SOURCE) -> 
     """Return the compiled extension's path, compiling it first if this version is not built."""
     suffix = sysconfig.get_config_var("EXT_SUFFIX") or ".so"
     include = sysconfig.get_paths()["include"]
-    digest = hashlib.sha256(source.read_bytes() + suffix.encode() + include.encode()).hexdigest()[:16]
+    parts = [source.read_bytes()]
+    for name in INCLUDED:
+        beside = source.with_name(name)
+        parts.append((beside if beside.exists() else SOURCE.with_name(name)).read_bytes())
+    digest = hashlib.sha256(b"".join(parts) + suffix.encode() + include.encode()).hexdigest()[:16]
     directory = target_dir or build_dir()
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     check_private(directory)
@@ -91,7 +97,8 @@ def compile_extension(target_dir: Path | None = None, source: Path = SOURCE) -> 
     if not (Path(include) / "Python.h").exists():
         raise BuildError(f"no Python headers in {include} (Debian package python3-dev)")
     tmp = target.with_name(f".{target.name}.{os.getpid()}")
-    cmd = [gcc, "-shared", "-fPIC", "-O2", "-Wall", f"-I{include}", "-o", str(tmp), str(source), "-lm"]
+    cmd = [gcc, "-shared", "-fPIC", "-O2", "-Wall", f"-I{include}", f"-I{source.parent}", f"-I{SOURCE.parent}",
+           "-o", str(tmp), str(source), "-lm"]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         tmp.unlink(missing_ok=True)

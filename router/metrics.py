@@ -114,7 +114,7 @@ class Recorder:
         values = self.stats.get(app, [])
         return {name: value for name, value in zip(FIELDS, values, strict=False) if value}
 
-    def take(self, max_lines: int = 200) -> list[Command]:
+    def take(self, max_lines: int = 1000) -> list[Command]:
         """Hand over the counters and up to `max_lines` log lines as Redis commands.
 
         The flush loop calls this until `pending()` is false, letting requests through between

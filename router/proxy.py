@@ -14,14 +14,14 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import cast
+from typing import Any, cast
 
 import httptools
 
 from router.balancer import Balancer
 from router.config import RouterConfig
 from router.errors import ERRORS, error_response
-from router.fastpath import FastPath, RequestParts, ResponseParts
+from router.fastpath import FastPath, ResponseParts
 from router.fastpath import load as load_fast_path
 from router.headers import (
     CHUNKED,
@@ -37,7 +37,7 @@ from router.headers import (
     request_head,
     response_head,
 )
-from router.metrics import Recorder
+from router.metrics import _BUCKET_BASE, BUCKETS, FIELDS, Recorder
 from router.routing import Forward, Refuse, RouteTable
 from router.table import AppRoute, Endpoint
 
@@ -69,6 +69,10 @@ class Worker:
         # The compiled fast path takes the plain requests and responses whole; None keeps every
         # message on the general path (httptools and router/headers.py).
         self.fast: FastPath | None = load_fast_path() if config.fast_path else None
+        # With it, connections and exchanges are the classes built on its compiled cores.
+        self.client_class, self.backend_class, self.exchange_class = (
+            compiled_classes(self.fast) if self.fast is not None else (ClientConnection, BackendConnection, Exchange)
+        )
         self.recorder = recorder or Recorder(log_maxlen=config.log_stream_maxlen, formatter=format_access_line,
                                              pack_lines=self.fast.xadd_batch if self.fast else None)
         self.balancer = Balancer(config.set_aside)
@@ -79,7 +83,8 @@ class Worker:
 
     def protocol_factory(self, proto: str, port: int) -> Callable[[], ClientConnection]:
         proto_b, port_b = proto.encode("ascii"), str(port).encode("ascii")
-        return lambda: ClientConnection(self, proto_b, port_b)
+        client_class = self.client_class
+        return lambda: client_class(self, proto_b, port_b)
 
     def drain(self) -> None:
         """Stop taking new requests on open connections: idle ones close now, busy ones after."""
@@ -234,6 +239,8 @@ class ClientConnection(asyncio.Protocol):
         self.in_message = False  # httptools is inside a message: the fast path must wait
         self.fast = worker.fast
         self.fast_ctx: tuple[object, ...] = ()
+        self.first_byte_timeout = worker.config.first_byte_timeout
+        self.idle_timeout = worker.config.idle_timeout
 
     # --- connection events -------------------------------------------------------------------
 
@@ -273,11 +280,7 @@ class ClientConnection(asyncio.Protocol):
         self.pending.clear()
 
     def data_received(self, data: bytes) -> None:
-        if self.current is None and self.fast is not None and not self.in_message and not self.closing:
-            parts = self.fast.request(data, self.fast_ctx)
-            if parts is not None and not self.worker.draining:
-                self._fast_request(parts)
-                return
+        """Bytes from the client (the compiled core takes plain whole requests before this)."""
         if self.tunnel is not None:
             self.tunnel.send(data)
             if self.current is not None:
@@ -295,6 +298,8 @@ class ClientConnection(asyncio.Protocol):
         except (httptools.HttpParserError, _Stop):
             refusal = self.refusal or (400, "bad_request", "The request is malformed.")
             self._refuse_connection(*refusal)
+
+    _general_data_received = data_received  # what the compiled core hands on
 
     def eof_received(self) -> bool | None:
         # A client half-closing mid-request gets its response, then the connection closes; one
@@ -360,7 +365,7 @@ class ClientConnection(asyncio.Protocol):
             info.host = authority.decode("latin-1")
             target = b"/" + path
         keep_alive = parser.should_keep_alive() and info.upgrade is None
-        ex = Exchange(method, target, info, parser.get_http_version() == "1.1", keep_alive)
+        ex = self.worker.exchange_class(method, target, info, parser.get_http_version() == "1.1", keep_alive)
         ex.head = request_head(
             method, target, info,
             client_ip=self.client_ip, proto=self.proto, port=self.port,
@@ -404,24 +409,6 @@ class ClientConnection(asyncio.Protocol):
         if backend is not None and ex is self.current and ex.info.chunked:
             backend.send(b"0\r\n\r\n")
 
-    def _fast_request(self, parts: RequestParts) -> None:
-        """Take a whole request the fast path parsed: its head for the app is built already."""
-        method, target, host, request_id, keep_alive, http11, head, length, start_wall = parts
-        ex = Exchange(method, target, RequestInfo(host=host, content_length=length), http11, keep_alive,
-                      request_id, start_wall)
-        ex.head = head  # with the body after it
-        ex.bytes_in = length
-        ex.body_done = True
-        self.current = ex
-        self.on_deadline = None
-        decision = self.worker.table.decide(host)
-        if type(decision) is Forward:
-            route = decision.route
-            ex.app = route.app
-            self._connect(ex, route)
-        else:
-            self._dispatch(ex)
-
     # --- routing and app connections ---------------------------------------------------------
 
     def _dispatch(self, ex: Exchange) -> None:
@@ -458,7 +445,7 @@ class ClientConnection(asyncio.Protocol):
                     break
                 conn = None
         if conn is None:
-            ex.connecting = self.loop.create_task(self._open(ex, route, endpoint))
+            self._open_new(ex, route, endpoint)
         elif not ex.body and not ex.info.chunked:
             # The common case, _attach's work in short: a pooled connection and a head to send.
             ex.backend = conn
@@ -471,12 +458,15 @@ class ClientConnection(asyncio.Protocol):
         else:
             self._attach(ex, conn, reused=True)
 
+    def _open_new(self, ex: Exchange, route: AppRoute, endpoint: Endpoint) -> None:
+        ex.connecting = self.loop.create_task(self._open(ex, route, endpoint))
+
     async def _open(self, ex: Exchange, route: AppRoute, endpoint: Endpoint) -> None:
         worker = self.worker
         try:
             async with asyncio.timeout(self.config.connect_timeout):
                 _, conn = await self.loop.create_connection(
-                    lambda: BackendConnection(worker, endpoint), endpoint.host, endpoint.port
+                    lambda: worker.backend_class(worker, endpoint), endpoint.host, endpoint.port
                 )
         except (OSError, TimeoutError):
             ex.connecting = None
@@ -1034,14 +1024,6 @@ class BackendConnection(asyncio.Protocol):
         if self.remaining:
             client.fast_body(self, data)
             return
-        ex = self.exchange
-        fast = self.fast
-        if fast is not None and not self.in_message and ex is not None and not ex.head_request:
-            parts = fast.response(data, client.worker.via, ex.keep_alive and ex.body_done and not client.closing
-                                  and not client.worker.draining)
-            if parts is not None:
-                client.fast_response(self, parts)
-                return
         client.batch = []
         try:
             self.parser.feed_data(data)
@@ -1058,6 +1040,8 @@ class BackendConnection(asyncio.Protocol):
                 self.close()
         finally:
             client.flush()
+
+    _general_data_received = data_received  # what the compiled core hands on
 
     def pause_writing(self) -> None:
         if self.client is not None:
@@ -1098,6 +1082,27 @@ class BackendConnection(asyncio.Protocol):
         self.in_message = False
         if self.client is not None:
             self.client.response_complete(self, self.parser.should_keep_alive())
+
+
+_compiled: dict[int, tuple[type[ClientConnection], type[BackendConnection], type[Exchange]]] = {}
+
+
+def compiled_classes(fast: FastPath) -> tuple[type[ClientConnection], type[BackendConnection], type[Exchange]]:
+    """The connection classes on the extension's compiled cores, and its Exchange.
+
+    The cores hold the attributes the common case touches as C fields of the same names and
+    replace `data_received`; every other method is the Python class's, so both sets of classes
+    behave alike (the proxy tests run on both).
+    """
+    found = _compiled.get(id(fast))
+    if found is None:
+        module = cast(Any, fast)
+        module.setup(Forward, RequestInfo, FAST_KEEP_ALIVE, FAST_CLOSE, new_request_id, POOL_LIMIT,
+                     tuple(float(b) for b in BUCKETS), _BUCKET_BASE, len(FIELDS))
+        client = type("ClientConnection", (module.ClientCore, ClientConnection), {"__module__": __name__})
+        backend = type("BackendConnection", (module.BackendCore, BackendConnection), {"__module__": __name__})
+        found = _compiled[id(fast)] = (client, backend, module.Exchange)
+    return found
 
 
 __all__ = ["CHUNKED", "LENGTH", "NO_BODY", "UNTIL_CLOSE", "BackendConnection", "ClientConnection", "Worker"]

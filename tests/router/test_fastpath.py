@@ -377,3 +377,99 @@ def test_it_refuses_to_build_into_a_directory_others_can_write(tmp_path: Path) -
     with pytest.raises(fastpath.BuildError, match="writable by no one else"):
         fastpath.compile_extension(shared)
     assert list(shared.iterdir()) == []
+
+
+# --- the compiled connection objects ------------------------------------------------------------
+
+
+def test_a_worker_with_the_fast_path_runs_on_the_compiled_connections(fast: FastPath) -> None:
+    from router.proxy import BackendConnection, ClientConnection, Exchange
+
+    compiled = Worker(TEST_CONFIG, RouteTable(DOMAIN))
+    assert issubclass(compiled.client_class, ClientConnection) and compiled.client_class is not ClientConnection
+    assert issubclass(compiled.client_class, fast.ClientCore)  # type: ignore[attr-defined]
+    assert issubclass(compiled.backend_class, BackendConnection)
+    assert issubclass(compiled.backend_class, fast.BackendCore)  # type: ignore[attr-defined]
+    assert compiled.exchange_class is fast.Exchange  # type: ignore[attr-defined]
+    plain = Worker(replace(TEST_CONFIG, fast_path=False), RouteTable(DOMAIN))
+    assert (plain.client_class, plain.backend_class, plain.exchange_class) == (ClientConnection, BackendConnection,
+                                                                              Exchange)
+
+
+def test_the_compiled_exchange_starts_as_the_python_one_does(fast: FastPath) -> None:
+    from router.headers import RequestInfo
+    from router.proxy import Exchange
+
+    compiled_class = fast.Exchange  # type: ignore[attr-defined]
+    for info, request_id in ((RequestInfo(host="a.test", request_id="kept-id-1234"), None),
+                             (RequestInfo(host="a.test"), "given-id-5678"),
+                             (RequestInfo(host="a.test"), None)):
+        python = Exchange(b"HEAD", b"/x", info, True, False, request_id, 1700000000.5)
+        compiled = compiled_class(b"HEAD", b"/x", info, True, False, request_id, 1700000000.5)
+        for name in Exchange.__slots__:
+            if name in ("request_id", "start"):
+                continue
+            assert getattr(compiled, name) == getattr(python, name), name
+        if request_id or info.request_id:
+            assert compiled.request_id == python.request_id
+        else:
+            assert UUID.match(compiled.request_id) and compiled.request_id != python.request_id
+        assert abs(compiled.start - python.start) < 1.0
+    compiled.body.append(b"x")
+    compiled.tried.add("10.0.0.1:5000")
+    compiled.status, compiled.bytes_out, compiled.keep_alive = 200, 12, True
+    assert (compiled.body, compiled.tried, compiled.status, compiled.bytes_out) == ([b"x"], {"10.0.0.1:5000"}, 200, 12)
+    with pytest.raises(TypeError):
+        compiled.keep_alive = 1  # the same strictness everywhere: flags are bools
+
+
+@run
+async def test_the_compiled_connections_record_what_the_python_ones_do() -> None:
+    app = await App().start()
+    seen: dict[bool, tuple[dict[str, int], list[tuple[Any, ...]]]] = {}
+    for fast_path in (True, False):
+        async with running_router(fast_path=fast_path) as router:
+            router.set_app("web1", [app.endpoint])
+            client = await Client.connect(router.port)
+            for path in ("/a", "/b?c=d", "/status?code=404"):
+                await client.request(path=path, headers={"X-Request-Id": f"req-{path[1:2]}-0123456789"})
+            client.close()
+            recorder = router.worker.recorder
+            counts = {k: v for k, v in recorder.counts("web1").items() if not k.startswith("latency")}
+            # (code, method, target, host, request id, client ip, endpoint, ms, status, bytes, proto)
+            lines = [(app_name, *fields[:7], *fields[8:]) for app_name, _when, fields in recorder.lines]
+            seen[fast_path] = (counts, lines)
+    await app.stop()
+    assert seen[True] == seen[False]
+    assert seen[True][0]["requests"] == 3 and seen[True][0]["status_4xx"] == 1
+
+
+@run
+async def test_the_compiled_connections_keep_nothing_after_a_request(fast: FastPath) -> None:
+    import gc
+    import tracemalloc
+
+    app = await App().start()
+    async with running_router() as router:
+        router.set_app("web1", [app.endpoint])
+        client = await Client.connect(router.port)
+
+        async def requests(count: int) -> None:
+            for _ in range(count):
+                assert (await client.request(path="/")).status == 200
+            router.worker.recorder.take(max_lines=10**6)  # what a flush would hand over
+            app.seen.clear()
+
+        await requests(50)
+        gc.collect()
+        tracemalloc.start()
+        before = tracemalloc.get_traced_memory()[0]
+        await requests(1000)
+        gc.collect()
+        grown = tracemalloc.get_traced_memory()[0] - before
+        tracemalloc.stop()
+        live = [o for o in gc.get_objects() if type(o) is fast.Exchange]  # type: ignore[attr-defined]
+        client.close()
+    await app.stop()
+    assert grown < 64 * 1024, f"{grown} bytes more after 1000 requests"
+    assert len(live) <= 1
