@@ -181,6 +181,9 @@ class TableFollower:
         self._save()
 
 
+FLUSH_SLICE = 200  # log lines encoded between two chances for requests to get through
+
+
 async def flush_forever(client: aioredis.Redis[Any], recorder: Recorder, interval: float) -> None:
     """Write what the recorder gathered every `interval` seconds; on failure, drop and go on."""
     while True:
@@ -189,16 +192,24 @@ async def flush_forever(client: aioredis.Redis[Any], recorder: Recorder, interva
 
 
 async def flush(client: aioredis.Redis[Any], recorder: Recorder) -> None:
-    """Send everything recorded, a slice at a time; on a Redis error drop the rest too."""
-    while recorder.pending():
-        commands = recorder.take()
+    """Send everything recorded, a slice of lines at a time; on a Redis error drop the rest too.
+
+    Slices let requests through in between, on both sides: the worker encodes no more than
+    `FLUSH_SLICE` lines at once, and redis-server stores them in small bursts too. The counters
+    go with the first slice only (those of requests served meanwhile wait for the next flush).
+    """
+    slices = len(recorder.lines) // FLUSH_SLICE + 1  # lines recorded meanwhile wait for the next flush
+    commands = recorder.take(max_lines=FLUSH_SLICE)
+    while commands:
         try:
             await send(client, commands)
         except (RedisError, OSError) as error:
-            lost = len(recorder.lines)
-            recorder.take(max_lines=lost)
+            lost = len(recorder.lines) + sum(command[2] for command in commands if command[0] == LOG_BATCH)
+            recorder.take(max_lines=len(recorder.lines))
             log.warning("at=error code=metrics_lost commands=%d lines=%d error=%r", len(commands), lost, str(error))
             return
+        slices -= 1
+        commands = recorder.take(max_lines=FLUSH_SLICE, counters=False) if slices and recorder.lines else []
 
 
 async def send(client: aioredis.Redis[Any], commands: list[Command]) -> None:

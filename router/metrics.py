@@ -114,14 +114,17 @@ class Recorder:
         values = self.stats.get(app, [])
         return {name: value for name, value in zip(FIELDS, values, strict=False) if value}
 
-    def take(self, max_lines: int = 1000) -> list[Command]:
-        """Hand over the counters and up to `max_lines` log lines as Redis commands.
+    def take(self, max_lines: int = 200, counters: bool = True) -> list[Command]:
+        """Hand over the counters (unless `counters` is false) and up to `max_lines` log lines.
 
         The flush loop calls this until `pending()` is false, letting requests through between
-        slices, so a busy second never turns into one long pause.
+        slices, so a busy second never turns into one long pause; it takes the counters with the
+        first slice only, as those of requests that came in meanwhile would cost a whole set of
+        commands per slice.
         """
-        stats, lines = self.stats, self.lines[:max_lines]
-        self.stats = {}
+        stats, lines = (self.stats, self.lines[:max_lines]) if counters else ({}, self.lines[:max_lines])
+        if counters:
+            self.stats = {}
         del self.lines[:max_lines]
         minute = int(self.clock() // 60)
         commands: list[Command] = []

@@ -118,3 +118,27 @@ def test_it_writes_non_ascii_lines_and_leaves_the_connection_answering(redis_cli
     assert asyncio.run(go()) == [True, None]  # replies are on again
     assert redis_client.xrange("paas:logs:web1")[0][1][b"line"] == "path=/caf\u00e9 \u263a".encode()
     assert redis_client.xrange("paas:logs:web2")[0][1][b"line"] == b"second app"
+
+
+def test_it_takes_lines_alone_when_asked_to_leave_the_counters() -> None:
+    recorder = Recorder(clock=lambda: 600.0)
+    for i in range(5):
+        recorder.record("web1", 200, 1.0, 0, 0, f"line {i}")
+    commands = recorder.take(max_lines=3, counters=False)
+    assert [c[0] for c in commands] == [LOG_BATCH] and recorder.counts("web1")["requests"] == 5
+    assert len(recorder.lines) == 2
+
+
+def test_a_flush_sends_every_slice_and_the_counters_once(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    client.delete("paas:logs:sliced", "paas:metrics:router:sliced")
+    recorder = Recorder()
+    for i in range(450):
+        recorder.record("sliced", 200, 1.0, 0, 10, f"line {i}")
+    send_all(redis_url, recorder)
+    assert client.xlen("paas:logs:sliced") == 450
+    assert [e[1][b"line"] for e in client.xrange("paas:logs:sliced", count=2)] == [b"line 0", b"line 1"]
+    assert client.hget("paas:metrics:router:sliced", "requests") == b"450"
+    assert client.hget("paas:metrics:router:sliced", "bytes_out") == b"4500"
+    assert not recorder.pending()
+    client.delete("paas:logs:sliced", "paas:metrics:router:sliced")
