@@ -1,4 +1,5 @@
-"""Build and load the compiled fast path (`router/fastpath.c`), or say why the router goes without.
+"""Build and load the compiled fast path (`router/fastpath.c`, which includes `router/fastconn.c`:
+message parsing, log-line encoding and the connection cores), or say why the router goes without.
 
 The extension is compiled with gcc at first use, once per version of its source and of the
 Python ABI, into `PAAS_ROUTER_BUILD_DIR` (default: `_build/` next to this file, or a directory

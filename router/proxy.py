@@ -5,6 +5,10 @@ One `ClientConnection` per client socket parses requests with httptools and driv
 `BackendConnection` from a per-endpoint pool (or opens one), writes the request head, streams the
 body both ways with flow control (a slow reader pauses the other side), and returns the app
 connection to the pool when the response ends cleanly.
+
+With the compiled fast path loaded, a worker runs the classes `compiled_classes` builds: the same
+classes on C cores (router/fastconn.c) that take a plain request and its response whole and call
+the methods here for everything else.
 """
 
 from __future__ import annotations
