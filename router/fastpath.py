@@ -1,7 +1,7 @@
-"""Build and load the compiled fast path (`router/fastpath.c`, which includes `router/fastconn.c`:
-message parsing, log-line encoding and the connection cores), or say why the router goes without.
+"""Build and load the compiled fast path, or say why the router goes without.
 
-The extension is compiled with gcc at first use, once per version of its source and of the
+`router/fastpath.c` (message parsing, log-line encoding) includes `router/fastconn.c` (the
+connection cores). The extension is compiled with gcc at first use, once per version of its source and of the
 Python ABI, into `PAAS_ROUTER_BUILD_DIR` (default: `_build/` next to this file, or a directory
 under the system's temporary directory when that is not writable). A missing compiler or Python
 headers only cost speed: `load()` logs one line and returns None, and the proxy keeps to its
