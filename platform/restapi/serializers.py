@@ -15,6 +15,7 @@ from core.models import (
     App,
     AuditEvent,
     Build,
+    Certificate,
     Container,
     Domain,
     Formation,
@@ -180,10 +181,41 @@ class ContainerSerializer(serializers.ModelSerializer[Container]):
         return status(c.state, c.restarts, ready_at, time.time(), float(stable_s))
 
 
+class CertificateSummarySerializer(serializers.ModelSerializer[Certificate]):
+    class Meta:
+        model = Certificate
+        fields = ["names", "not_after", "fingerprint"]
+
+
+class CertificateSerializer(serializers.ModelSerializer[Certificate]):
+    """A certificate's metadata; the key never leaves the control plane."""
+
+    hostname = serializers.CharField(source="domain.hostname")
+    days_left = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Certificate
+        fields = ["hostname", "names", "fingerprint", "subject", "issuer", "not_before",
+                  "not_after", "days_left", "created_at", "updated_at"]
+
+    def get_days_left(self, certificate: Certificate) -> int:
+        return certificate.days_left()
+
+
 class DomainSerializer(serializers.ModelSerializer[Domain]):
+    certificate = serializers.SerializerMethodField()
+
     class Meta:
         model = Domain
-        fields = ["hostname", "created_at"]
+        fields = ["hostname", "created_at", "certificate"]
+
+    @extend_schema_field(CertificateSummarySerializer(allow_null=True))
+    def get_certificate(self, domain: Domain) -> dict[str, Any] | None:
+        # A missing reverse one-to-one raises an AttributeError subclass.
+        certificate = getattr(domain, "certificate", None)
+        if not isinstance(certificate, Certificate):
+            return None
+        return dict(CertificateSummarySerializer(certificate).data)
 
 
 class EventSerializer(serializers.ModelSerializer[AuditEvent]):
@@ -297,6 +329,11 @@ class RollbackInput(serializers.Serializer[Any]):
 
 class DomainInput(serializers.Serializer[Any]):
     hostname = serializers.CharField()
+
+
+class CertificateInput(serializers.Serializer[Any]):
+    chain = serializers.CharField(help_text="PEM: the domain's certificate first, then its issuers")
+    key = serializers.CharField(help_text="PEM: the certificate's private key, unencrypted")
 
 
 class HostLabelsInput(serializers.Serializer[Any]):

@@ -41,6 +41,7 @@ urlpatterns: list[URLPattern | URLResolver] = [
     _route("apps/{app}/builds", v.BuildListView.as_view(), "api-builds"),
     _route("apps/{app}/domains", v.DomainListView.as_view(), "api-domains"),
     _route("apps/{app}/domains/{hostname}", v.DomainView.as_view(), "api-domain"),
+    _route("apps/{app}/domains/{hostname}/certificate", v.CertificateView.as_view(), "api-certificate"),
     _route("apps/{app}/events", v.AppEventsView.as_view(), "api-app-events"),
     _route("apps/{app}/runs", runs.RunListView.as_view(), "api-runs"),
     _route("apps/{app}/runs/{run_id}", runs.RunView.as_view(), "api-run"),

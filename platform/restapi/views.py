@@ -18,10 +18,11 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from core import actions, authz, lookups
+from core.actions.certs import cert_get
 from core.actions.releases import release_get
 from core.authz import Verb
 from core.errors import Invalid, NotFound, invalid_field
-from core.models import ApiToken, App, AuditEvent, Container, Host, Membership, Team
+from core.models import ApiToken, App, AuditEvent, Certificate, Container, Host, Membership, Team
 from restapi import serializers as s
 from restapi.auth import LoginRateThrottle
 from scheduler.conf import SchedulerSettings
@@ -359,7 +360,8 @@ class DomainListView(APIView):
     def get(self, request: Request, app: str) -> Response:
         """The app's custom domains."""
         row = authz.app_get(_user(request), app)
-        return Response(s.DomainSerializer(row.domains.order_by("hostname"), many=True).data)
+        domains = row.domains.select_related("certificate").order_by("hostname")
+        return Response(s.DomainSerializer(domains, many=True).data)
 
     @extend_schema(request=s.DomainInput, responses={201: s.DomainSerializer})
     def post(self, request: Request, app: str) -> Response:
@@ -377,6 +379,33 @@ class DomainView(APIView):
         """Stop routing a custom hostname to the app."""
         user = _user(request)
         actions.domain_remove(actor=user, app=authz.app_get(user, app), hostname=hostname)
+        return Response(status=204)
+
+
+class CertificateView(APIView):
+    @extend_schema(responses=s.CertificateSerializer)
+    def get(self, request: Request, app: str, hostname: str) -> Response:
+        """The certificate a custom domain is served with (metadata; never the key)."""
+        row = authz.app_get(_user(request), app)
+        return Response(s.CertificateSerializer(cert_get(app=row, hostname=hostname)).data)
+
+    @extend_schema(request=s.CertificateInput, responses={200: s.CertificateSerializer,
+                                                          201: s.CertificateSerializer})
+    def put(self, request: Request, app: str, hostname: str) -> Response:
+        """Add or replace a custom domain's certificate: 201 when added, 200 when replaced."""
+        user = _user(request)
+        row = authz.app_get(user, app)
+        data = _body(request, required=("chain", "key"))
+        had = Certificate.objects.filter(domain__app=row, domain__hostname=hostname.lower()).exists()
+        certificate = actions.cert_set(actor=user, app=row, hostname=hostname,
+                                       chain=data["chain"], key=data["key"])
+        return Response(s.CertificateSerializer(certificate).data, status=200 if had else 201)
+
+    @extend_schema(responses={204: None})
+    def delete(self, request: Request, app: str, hostname: str) -> Response:
+        """Remove a custom domain's certificate; the router stops serving HTTPS for it."""
+        user = _user(request)
+        actions.cert_remove(actor=user, app=authz.app_get(user, app), hostname=hostname)
         return Response(status=204)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from core.actions.apps import app_create, app_destroy
 from core.actions.builds import build_create, build_finish
+from core.actions.certs import cert_remove, cert_set
 from core.actions.config import config_set, config_unset
 from core.actions.domains import domain_add, domain_remove
 from core.actions.formation import formation_scale
@@ -24,6 +25,8 @@ __all__ = [
     "app_destroy",
     "build_create",
     "build_finish",
+    "cert_remove",
+    "cert_set",
     "config_set",
     "config_unset",
     "domain_add",

@@ -6,6 +6,7 @@ from core.models.api_token import ApiToken
 from core.models.app import App
 from core.models.audit_event import AuditEvent
 from core.models.build import Build, BuildStatus
+from core.models.certificate import Certificate
 from core.models.config_var import ConfigVar
 from core.models.container import Container, ContainerState
 from core.models.domain import Domain
@@ -21,6 +22,7 @@ __all__ = [
     "AuditEvent",
     "Build",
     "BuildStatus",
+    "Certificate",
     "ConfigVar",
     "Container",
     "ContainerState",
