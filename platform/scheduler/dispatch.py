@@ -9,12 +9,9 @@ from __future__ import annotations
 import logging
 from typing import Any, Protocol
 
-log = logging.getLogger(__name__)
+from scheduler.conf import SchedulerSettings
 
-# A stop follows the route-table change that took the container out; routers apply that change
-# a moment later (pub/sub), and until then may still send it requests. The agent stops it only
-# after this pause, so no request lands on a container that is going away.
-STOP_DRAIN_S = 2.0
+log = logging.getLogger(__name__)
 
 
 class Dispatcher(Protocol):
@@ -38,13 +35,20 @@ class CeleryDispatcher:
         app.send_task("agent.container_run", kwargs={"spec": spec}, queue=f"host.{host}")
 
     def stop(self, host: str, container_id: str, timeout_s: float) -> None:
+        """Stop a container after `PAAS_STOP_DRAIN_S` (default 2 s).
+
+        A stop follows the route-table change that took the container out; routers apply that
+        change a moment later (pub/sub), and until then may still send it requests. The agent
+        gets the stop only after this pause, so no request lands on a container going away.
+        """
         from controlplane.celery import app
 
+        drain_s = SchedulerSettings.from_env().stop_drain_s
         app.send_task(
             "agent.container_stop",
             kwargs={"container_id": container_id, "timeout_s": timeout_s},
             queue=f"host.{host}",
-            countdown=STOP_DRAIN_S,
+            countdown=drain_s,
         )
 
     def oneoff(self, host: str, spec: dict[str, Any], timeout_s: float) -> None:
