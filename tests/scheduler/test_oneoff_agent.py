@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,28 +17,19 @@ from runtime.agent.oneoff import TIMEOUT_LABEL, resume_oneoffs, run_oneoff, run_
 from runtime.agent.reports import Reporter
 from runtime.images import ImageStore
 from runtime.tinyimage import build_tiny_image
-from tests.runtime.daemon_fixtures import Daemon
+from tests.runtime.daemon_fixtures import Daemon, daemon_fixture, rt_fixture
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
-
-
-@pytest.fixture(scope="module")
-def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    if os.geteuid() != 0:
-        pytest.fail("this test needs root (it runs real containers)")
-    d = Daemon(tmp_path_factory.mktemp("oneoff-runtime"))
-    d.start()
-    try:
-        yield d
-    finally:
-        d.cleanup()
-        d.stop()
+# The runtime tests' daemon (one per module, stopped and its containers removed at the end) and
+# `rt`, which removes the containers a test made after it, pass or fail.
+daemon = daemon_fixture
+rt = rt_fixture
 
 
 @pytest.fixture
-def agent(daemon: Daemon, r: redis.Redis) -> Agent:
+def agent(rt: Daemon, r: redis.Redis) -> Agent:
     settings = AgentSettings(redis_url=os.environ["REDIS_URL"], host=f"t-{secrets.token_hex(3)}",
-                             runtime_root=Path(daemon.root), daemon_socket=daemon.root / "daemon.sock")
+                             runtime_root=Path(rt.root), daemon_socket=rt.root / "daemon.sock")
     return Agent(settings, Reporter(r, settings.host))
 
 
