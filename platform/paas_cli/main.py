@@ -7,6 +7,7 @@ repository in the current directory. Every listing takes `--json` and prints the
 
 from __future__ import annotations
 
+import datetime
 import os
 import re
 import sys
@@ -44,6 +45,7 @@ ALIASES = {
     "releases:rollback": "rollback",
     "ps:scale": "scale",
     "domains:list": "domains",
+    "certs:list": "certs",
     "teams:list": "teams",
     "members:list": "members",
     "tokens:list": "tokens",
@@ -752,6 +754,96 @@ def domains_remove(hostname: str, app: str | None) -> None:
     with session() as api:
         api.delete(f"/apps/{segment(name)}/domains/{segment(hostname)}")
     output.say(f"Removed {hostname} from {name}.")
+
+
+# --- certificates ----------------------------------------------------------------------------
+
+CERT_FILE_MAX = 64 * 1024
+
+
+def _read_pem(path: str, what: str) -> str:
+    """A PEM file's text, or a UsageError that says what is wrong with the file."""
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read(CERT_FILE_MAX + 1)
+    except OSError as exc:
+        raise UsageError(f"Cannot read the {what} file {path}: {exc.strerror or exc}.") from None
+    if len(raw) > CERT_FILE_MAX:
+        raise UsageError(f"The {what} file {path} is larger than {CERT_FILE_MAX // 1024} KiB: "
+                         "is it the right file?")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UsageError(f"The {what} file {path} is not PEM text (DER? convert it with "
+                         "`openssl x509 -inform der` or `openssl pkey -inform der`).") from None
+    if not text.strip():
+        raise UsageError(f"The {what} file {path} is empty.")
+    return text
+
+
+def _days_left(not_after: Any) -> str:
+    try:
+        end = datetime.datetime.fromisoformat(str(not_after))
+    except ValueError:
+        return ""
+    days = (end - datetime.datetime.now(datetime.UTC)) // datetime.timedelta(days=1)
+    return "expired" if days < 0 else str(days)
+
+
+@cli.command("certs")
+@app_option
+@json_option
+def certs(app: str | None, as_json: bool) -> None:
+    """List the TLS certificates of an app's custom domains."""
+    name = resolve_app(app)
+    with session() as api:
+        domains = api.get(f"/apps/{segment(name)}/domains")
+    rows = [dict(d["certificate"], hostname=d.get("hostname")) for d in domains
+            if isinstance(d, dict) and isinstance(d.get("certificate"), dict)]
+    if as_json:
+        output.say(dumps(rows))
+        return
+    for row in rows:
+        row["days_left"] = _days_left(row.get("not_after"))
+    output.print_table(
+        rows, [("hostname", "HOSTNAME"), ("names", "NAMES"), ("not_after", "EXPIRES"),
+               ("days_left", "DAYS LEFT")],
+        empty=f"{name} has no certificates: add one with `paas certs:add HOSTNAME CHAIN.pem KEY.pem`.",
+        formatters={"not_after": output.when},
+    )
+
+
+@cli.command("certs:add")
+@click.argument("hostname")
+@click.argument("chain_file", metavar="CHAIN.pem")
+@click.argument("key_file", metavar="KEY.pem")
+@app_option
+@json_option
+def certs_add(hostname: str, chain_file: str, key_file: str, app: str | None, as_json: bool) -> None:
+    """Serve a custom domain over HTTPS with this certificate chain and key (adds or replaces)."""
+    name = resolve_app(app)
+    body = {"chain": _read_pem(chain_file, "certificate chain"),
+            "key": _read_pem(key_file, "private key")}
+    with session() as api:
+        cert = api.request(
+            "PUT", f"/apps/{segment(name)}/domains/{segment(hostname)}/certificate", body)
+    if as_json:
+        output.say(dumps(cert))
+        return
+    output.say(f"Certificate for {cert.get('hostname', hostname)} on {name}: "
+               f"{output.text(cert.get('names'))}, expires {output.when(cert.get('not_after'))} "
+               f"({_days_left(cert.get('not_after'))} days left).")
+
+
+@cli.command("certs:remove")
+@click.argument("hostname")
+@app_option
+def certs_remove(hostname: str, app: str | None) -> None:
+    """Remove a custom domain's certificate (it is no longer served over HTTPS)."""
+    name = resolve_app(app)
+    with session() as api:
+        api.delete(f"/apps/{segment(name)}/domains/{segment(hostname)}/certificate")
+    output.say(f"Removed the certificate of {hostname} from {name}.")
 
 
 # --- teams and members -----------------------------------------------------------------------
