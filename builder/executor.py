@@ -4,8 +4,10 @@
 
 - `RuntimeExecutor` runs every step of a build inside one isolated build container on the
   host's runtime daemon, on the app's stack image: its own namespaces, an unprivileged user,
-  memory, CPU and pids limits from its cgroup, outbound NAT for the package registries, and
-  only the build's own directories bound in (see `CONTAINER_DIRS`). This is what the platform
+  memory, CPU and pids limits from its cgroup, outbound NAT for the package registries under
+  the runtime's build egress policy (public addresses on TCP 80/443 and DNS, never the
+  platform's own services or private networks: `runtime.egress`), and only the build's own
+  directories bound in (see `CONTAINER_DIRS`). This is what the platform
   uses when a runtime daemon answers (as root, with `make up`).
 - `HostExecutor` runs the command as a plain child process on this host: its own session and
   process group, exactly the environment the runner passes (nothing is inherited), and resource
@@ -386,7 +388,11 @@ class RuntimeExecutor:
             "cpu_quota": self.limits.cpu_quota,
             "pids_limit": self.limits.pids_limit,
             "labels": {"paas.build": self.build_id or "local"},
-            "network": {"mode": "bridge", "nat": True} if self.network else {"mode": "none", "nat": False},
+            # The build egress policy: public addresses on TCP 80/443, DNS, what the host allows.
+            "network": (
+                {"mode": "bridge", "nat": True, "egress": "build"} if self.network
+                else {"mode": "none", "nat": False}
+            ),
             "mounts": mounts,
         }
         with self._lock:

@@ -122,10 +122,16 @@ def _daemon(root: Path, args: argparse.Namespace) -> int:
     root.mkdir(parents=True, exist_ok=True)
     network: NetworkHook | None = None
     if not args.no_network:
+        from runtime.egress import ALLOW_SETTING, EgressError, parse_allow
         from runtime.network import HostNetwork, NetworkError
 
         try:
-            net = HostNetwork(*_host_network_settings(), root / "network")
+            allow = parse_allow(os.environ.get(ALLOW_SETTING, ""))
+        except EgressError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        try:
+            net = HostNetwork(*_host_network_settings(), root / "network", build_allow=allow)
             net.ensure()
             network = net
         except NetworkError as exc:

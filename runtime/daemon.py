@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import functools
 import hashlib
 import json
 import os
@@ -42,6 +43,7 @@ from runtime import cgroups
 from runtime.build import init_binary
 from runtime.client import PROTOCOL_VERSION
 from runtime.container import Paths, Plan, PlanError, plan, read_passwd
+from runtime.egress import container_resolv_conf
 from runtime.spec import ContainerSpec, SpecError
 
 PR_SET_CHILD_SUBREAPER = 36  # <linux/prctl.h>
@@ -61,7 +63,7 @@ class OpError(Exception):
 class NetworkHook(Protocol):
     """What the daemon needs from host networking (`runtime.network.HostNetwork`)."""
 
-    def attach(self, container_id: str, pid: int, nat: bool) -> Any: ...
+    def attach(self, container_id: str, pid: int, nat: bool, egress: str = "open") -> Any: ...
     def detach(self, container_id: str) -> None: ...
 
 
@@ -312,7 +314,9 @@ class Runtime:
             # The setup process plugs the container in itself (one netlink message, a few
             # ioctls) with the address the allocator gives meanwhile; only the NAT rule needs
             # iptables, and the app waits for it.
-            prepared = loop.run_in_executor(self._net_pool, fast.prepare, spec.id, spec.network.nat)
+            prepared = loop.run_in_executor(
+                self._net_pool, fast.prepare, spec.id, spec.network.nat, spec.network.egress
+            )
             net_args = ["--net-bridge", fast.net.bridge, "--net-veth", fast.veth_name(spec.id)]
             attach = False
         wait_for_go = attach or (fast is not None and spec.network.nat)
@@ -353,8 +357,12 @@ class Runtime:
             rec.pid_start = process_start_time(rec.pid, self.proc)
             if attach and self.network is not None:
                 try:
+                    # A hook that knows no egress policy fails a build container rather than
+                    # leave it unfiltered; other containers do not pass one.
+                    extra = {"egress": spec.network.egress} if spec.network.egress != "open" else {}
                     att = await asyncio.get_running_loop().run_in_executor(
-                        self._net_pool, self.network.attach, spec.id, rec.pid, spec.network.nat
+                        self._net_pool,
+                        functools.partial(self.network.attach, spec.id, rec.pid, spec.network.nat, **extra),
                     )
                     rec.ip = str(getattr(att, "ip", "")) or None
                 except Exception as exc:
@@ -668,10 +676,13 @@ class _FastNetwork:
     def veth_name(self, cid: str) -> str:
         return "p" + hashlib.sha256(f"{self.net.bridge}/{cid}".encode()).hexdigest()[:12]
 
-    def prepare(self, cid: str, nat: bool) -> tuple[str, str, Callable[[], None] | None]:
-        """Allocate the address and record the attachment; return the init's `net` line."""
+    def prepare(self, cid: str, nat: bool, egress: str = "open") -> tuple[str, str, Callable[[], None] | None]:
+        """Allocate the address and record the attachment; return the init's `net` line.
+
+        A build container's egress policy is in place before the line goes out.
+        """
         net = self.net
-        att = net.reserve(cid, self.veth_name(cid), nat)
+        att = net.reserve(cid, self.veth_name(cid), nat, egress)
         line = f"net {att.ip}/{att.prefixlen} {att.gateway}\n"
 
         def add_nat() -> None:
@@ -723,13 +734,13 @@ def _write_etc(etc: Path, cid: str) -> None:
     etc.mkdir(parents=True, exist_ok=True)
     (etc / "hostname").write_text(f"{cid[:63]}\n")
     (etc / "hosts").write_text(f"127.0.0.1\tlocalhost\n::1\tlocalhost\n127.0.1.1\t{cid[:63]}\n")
-    # The host's resolvers, minus loopback ones: the container's loopback is its own.
+    # The host's resolvers, minus loopback ones: the container's loopback is its own. A build
+    # container's egress policy lets it reach these (runtime.egress.resolvers).
     try:
-        lines = Path("/etc/resolv.conf").read_text().splitlines()
+        text = Path("/etc/resolv.conf").read_text()
     except OSError:
-        lines = []
-    kept = [ln for ln in lines if not (ln.startswith("nameserver") and (" 127." in ln or " ::1" in ln))]
-    (etc / "resolv.conf").write_text("\n".join(kept) + "\n")
+        text = ""
+    (etc / "resolv.conf").write_text(container_resolv_conf(text))
 
 
 def _set_once(fut: asyncio.Future[None]) -> None:

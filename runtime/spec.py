@@ -70,25 +70,37 @@ class Readiness:
 
 @dataclass(frozen=True)
 class Network:
-    """The container's network: `bridge` (a veth on the host bridge) or `none` (loopback only)."""
+    """The container's network: `bridge` (a veth on the host bridge) or `none` (loopback only).
+
+    `egress`: `open` (anywhere the host's network leads) or `build` (the build containers'
+    policy: public addresses on TCP 80/443, the resolvers, what the host allows; see
+    `runtime.egress`).
+    """
 
     mode: Literal["bridge", "none"] = "bridge"
     nat: bool = True
+    egress: Literal["open", "build"] = "open"
 
     @classmethod
     def from_dict(cls, d: object) -> Network:
         m = _mapping(d, "network")
-        _refuse_unknown(m, {"mode", "nat"}, "network")
+        _refuse_unknown(m, {"mode", "nat", "egress"}, "network")
         mode = m.get("mode", "bridge")
         if mode not in ("bridge", "none"):
             raise SpecError(f"network.mode: must be 'bridge' or 'none', not {mode!r}")
         nat = m.get("nat", True)
         if not isinstance(nat, bool):
             raise SpecError("network.nat: must be true or false")
-        return cls(mode=mode, nat=nat)
+        egress = m.get("egress", "open")
+        if egress not in ("open", "build"):
+            raise SpecError(f"network.egress: must be 'open' or 'build', not {egress!r}")
+        return cls(mode=mode, nat=nat, egress=egress)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"mode": self.mode, "nat": self.nat}
+        d: dict[str, Any] = {"mode": self.mode, "nat": self.nat}
+        if self.egress != "open":
+            d["egress"] = self.egress
+        return d
 
 
 @dataclass(frozen=True)

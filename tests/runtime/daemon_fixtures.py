@@ -38,14 +38,19 @@ class Daemon:
     client: DaemonClient = field(init=False)
     made: list[str] = field(default_factory=list)
     network: tuple[str, str] | None = None  # (bridge, subnet) for a daemon with networking
+    netns: str | None = None  # a named network namespace to run the daemon in (a simulated host)
+    env: dict[str, str] = field(default_factory=dict)  # settings on top of the test's environment
 
     def __post_init__(self) -> None:
         self.client = DaemonClient(self.root / "daemon.sock", timeout=60)
 
     def start(self) -> None:
-        env = dict(os.environ)
+        env = {**os.environ, **self.env}
         args = [sys.executable, "-m", "runtime", "--root", str(self.root), "daemon",
                 "--log-max-bytes", str(LOG_MAX_BYTES)]
+        if self.netns is not None:
+            # Only the network namespace: the daemon still sees the host's cgroups and mounts.
+            args = ["nsenter", f"--net=/run/netns/{self.netns}", "--", *args]
         if self.network is None:
             args.append("--no-network")
         else:
@@ -116,7 +121,7 @@ class Daemon:
         if self.network is not None:
             from runtime.network import HostNetwork
 
-            HostNetwork(self.network[0], self.network[1], self.root / "network").teardown()
+            HostNetwork(self.network[0], self.network[1], self.root / "network", netns=self.netns).teardown()
 
 
 @pytest.fixture(scope="module", name="tiny")
