@@ -38,14 +38,18 @@ def app_create(*, actor: User, name: str, team: Team | None = None) -> App:
 
 
 def app_destroy(*, actor: User, app: App) -> None:
-    """Delete an app with its builds, releases, config, formation and domains."""
+    """Delete an app with its builds, releases, config, formation and domains, then its data
+    outside the database (repository, build caches, Redis keys: `core.app_data_remove`)."""
     from core import tasks
 
     with transaction.atomic():
         authz.require_app(actor, Verb.APP_MANAGE, app)
         name, team = app.name, app.team
+        build_ids = sorted(app.builds.values_list("pk", flat=True))
         audit(actor=actor, action="app.destroy", team=team, data={"name": name})
         # Releases protect their builds: delete releases first, then the rest cascades.
         app.releases.all().delete()
         app.delete()
         enqueue_on_commit(tasks.app_teardown, app_name=name)
+        # Its repository, build caches and Redis keys: a new app of the same name starts empty.
+        enqueue_on_commit(tasks.app_data_remove, app_name=name, build_ids=build_ids)
