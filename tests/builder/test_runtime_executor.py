@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -172,6 +174,30 @@ def test_it_reaches_the_package_registry_through_nat_with_the_hosts_ca_certifica
     executor = in_container(build_host, ca_certs=Path("/etc/ssl/certs"))
     build(request_for(app_source, buildpacks=[str(bp)]), executor, lines.append)
     assert "registry 200" in lines
+
+
+def test_it_keeps_a_buildpack_off_the_hosts_services_and_the_metadata_address(
+    build_host: BuildHost, app_source: Path, request_for: RequestFor, make_buildpack: MakeBuildpack
+) -> None:
+    assert build_host.daemon.network is not None
+    gateway = build_host.daemon.network[1].rsplit(".", 1)[0] + ".1"
+    accepted: list[object] = []
+    with socket.create_server((gateway, 0)) as server:  # a platform service on the bridge address
+        server.settimeout(0.2)
+        port = server.getsockname()[1]
+        probe = "import socket, sys; s = socket.socket(); s.settimeout(5); print('probe', sys.argv[1], s.connect_ex((sys.argv[1], int(sys.argv[2]))))"
+        bp = make_buildpack("probe", compile=f"""
+            python3 -c "{probe}" {gateway} {port}
+            python3 -c "{probe}" 169.254.169.254 80
+        """)
+        lines = Output()
+        build(request_for(app_source, buildpacks=[str(bp)]), in_container(build_host), lines.append)
+        with contextlib.suppress(TimeoutError):
+            accepted.append(server.accept())
+    # 113: EHOSTUNREACH, the policy's answer (icmp-admin-prohibited), at once.
+    assert f"probe {gateway} 113" in lines, lines.text
+    assert "probe 169.254.169.254 113" in lines, lines.text
+    assert accepted == []
 
 
 def test_it_puts_the_build_container_under_its_memory_cpu_and_pids_limits(

@@ -9,6 +9,7 @@ removed with the namespaces, also when a test fails.
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import subprocess
 import sys
@@ -278,3 +279,16 @@ def test_it_filters_a_build_container_of_the_daemon_until_it_dies(
         time.sleep(0.02)
     assert f"{build['ip']}/32" not in rules(host)
     assert "-i p" not in sh("ip", "netns", "exec", host, "ebtables", "-L").stdout
+
+
+def test_it_refuses_to_start_the_daemon_with_a_bad_allow_setting(tmp_path: Path) -> None:
+    from tests.runtime.daemon_fixtures import REPO
+
+    env = {**os.environ, "PAAS_BUILD_EGRESS_ALLOW": "10.2.3.4/32:443,mirror:443"}
+    bad = subprocess.run(
+        [sys.executable, "-m", "runtime", "--root", str(tmp_path / "runtime"), "daemon"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=60,
+    )
+    assert bad.returncode == 1
+    assert bad.stderr.startswith("error: PAAS_BUILD_EGRESS_ALLOW: 'mirror:443': ")
+    assert "e.g. 10.2.3.4/32:443" in bad.stderr and "Traceback" not in bad.stderr

@@ -50,7 +50,10 @@ def network_left(d: Daemon) -> list[str]:
         left.append(f"bridge {bridge}")
     for table in ("nat", "filter"):
         rules = subprocess.run(["iptables-save", "-t", table], capture_output=True, text=True, check=True).stdout
-        left += [line for line in rules.splitlines() if f"paas:{bridge}" in line or f"PAAS-NAT-{bridge}" in line]
+        left += [line for line in rules.splitlines() if f"paas:{bridge}" in line or f"-{bridge}" in line]
+    # The build containers' egress rules on their bridge ports, and the chains that hold them.
+    bridged = subprocess.run(["ebtables-save"], capture_output=True, text=True, check=True).stdout
+    left += [line for line in bridged.splitlines() if f"-{bridge}" in line]
     if (d.root / "network").exists():
         left.append("state " + " ".join(sorted(p.name for p in (d.root / "network").rglob("*"))))
     return left
@@ -96,6 +99,15 @@ def test_it_stops_the_containers_through_the_daemon_and_tears_the_network_down(n
     assert network_left(netd) == []
     again = cli(netd, "down")  # nothing left to do is not an error
     assert again.returncode == 0 and again.stdout.startswith("no container was running\n")
+
+
+def test_it_takes_a_build_containers_egress_rules_down_with_the_rest(netd: Daemon, tiny: Image) -> None:
+    c = netd.run(tiny, ["sleep", "1000"], process_type="build",
+                 network={"mode": "bridge", "nat": True, "egress": "build"})
+    assert any(f"{c['ip']}/32" in line for line in network_left(netd))
+    down = cli(netd, "down")
+    assert down.returncode == 0, down.stderr
+    assert network_left(netd) == []
 
 
 def test_it_stops_the_containers_of_a_daemon_that_is_not_running(netd: Daemon, tiny: Image) -> None:
