@@ -27,6 +27,14 @@ In Redis (keys that do not name the app, such as the agents' streams, are not to
     paas:run:<app>.<type>.<n>.<hex>, paas:release-phase:<app>:<release id>
                                              one-offs and release phases
     paas:build-logs:<build id>               the live logs of the app's builds (ids given)
+    paas:build-cancel:<build id>             asks a running build to stop (see below)
+
+A push or build still running holds the app's push lock and the builder's cache lock; removing
+the cache under it would leave a half-written one behind. So `remove_app_data` refuses
+(`AppDataBusy`) while either is held, and the task sets `paas:build-cancel:<build id>` for the
+app's builds, which the build's watcher (`gitserver.deploy`) sees within a second: it kills the
+running step and ends the push with "The app was destroyed". The task comes back a few seconds
+later and removes everything, the build's last writes too.
 
 The scheduler's key names are spelled here because `core` never imports the scheduler;
 `tests/controlplane/test_app_data.py` checks them against the scheduler's own.
@@ -56,6 +64,23 @@ _SCRATCH_SUFFIX_RE = re.compile(r"^[a-z0-9_]{8}$")
 _ONEOFF_SUFFIX_RE = re.compile(r"^\.(run|release)\.\d+\.[0-9a-f]{6}$")
 _NUMBER_RE = re.compile(r"^\d+$")
 SCAN_COUNT = 500
+BUILD_CANCEL_TTL_S = 3600
+
+
+def build_cancel_key(build_id: int) -> str:
+    """The key whose presence tells the running build `build_id` to stop (its app is gone)."""
+    return f"paas:build-cancel:{int(build_id)}"
+
+
+def request_build_cancel(client: redis.Redis[bytes], build_ids: Iterable[int]) -> None:
+    """Ask the running builds among `build_ids` to stop (the others never look)."""
+    ids = list(build_ids)
+    if not ids:
+        return
+    pipe = client.pipeline(transaction=False)
+    for b in ids:
+        pipe.set(build_cancel_key(b), "app destroyed", ex=BUILD_CANCEL_TTL_S)
+    pipe.execute()
 
 
 class AppDataBusy(Exception):
@@ -167,7 +192,7 @@ def redis_keys(client: redis.Redis[bytes], app: str, build_ids: Iterable[int] = 
     check_name(app)
     exact = [f"paas:logs:{app}", f"paas:metrics:router:{app}", f"paas:scheduler:readiness:{app}",
              f"paas:oneoffs:{app}", f"paas:oneoff:counter:{app}",
-             *(f"paas:build-logs:{int(b)}" for b in build_ids)]
+             *(k for b in build_ids for k in (f"paas:build-logs:{int(b)}", build_cancel_key(b)))]
     found = [k.encode() for k in exact]
     # An app name has no glob characters (checked above); each key a pattern finds is checked
     # again against its exact shape.

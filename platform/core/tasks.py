@@ -36,10 +36,11 @@ def app_teardown(*, app_name: str) -> None:
     celery_app.send_task("scheduler.app_teardown", kwargs={"app_name": app_name})
 
 
-# While a push or build of a destroyed app runs, try again this often, this many times (a build
-# lasts at most PAAS_BUILD_TIMEOUT_S, 15 minutes by default); then remove all the same.
-DATA_REMOVE_RETRY_S = 30
-DATA_REMOVE_ATTEMPTS = 60
+# While a push or build of a destroyed app runs (it has been asked to stop), try again this
+# often, this many times (a push without a build step to kill may take a while to receive);
+# then remove all the same.
+DATA_REMOVE_RETRY_S = 5
+DATA_REMOVE_ATTEMPTS = 360
 # Containers run until the next heartbeat says the database no longer knows them, and a router
 # flushes what it counted a moment after the route went: delete the keys once more after this.
 DATA_SWEEP_AFTER_S = 120
@@ -50,8 +51,8 @@ def app_data_remove(*, app_name: str, build_ids: list[int] | None = None, attemp
                     sweep: bool = False) -> None:
     """Remove a destroyed app's directories and Redis keys (`core.appdata`); idempotent.
 
-    Waits (by coming back later) while a push or build of the app holds its lock, so the
-    build's last writes go too. `sweep` is the later second pass over the Redis keys only,
+    While a push or build of the app holds its lock it asks the build to stop and comes back
+    later, so the build's last writes go too. `sweep` is the later second pass over the Redis keys only,
     which late writers (agents, routers) may have brought back; it leaves them alone once the
     name belongs to a new app.
     """
@@ -72,8 +73,9 @@ def app_data_remove(*, app_name: str, build_ids: list[int] | None = None, attemp
     try:
         done = appdata.remove_app_data(data_dir(), client, app_name, ids, wait_for_builds=not last)
     except appdata.AppDataBusy:
-        log.info("app %s: a push or build is still running; removing its data in %d s",
-                 app_name, DATA_REMOVE_RETRY_S)
+        appdata.request_build_cancel(client, ids)
+        log.info("app %s: a push or build is still running; asked it to stop, removing the "
+                 "app's data in %d s", app_name, DATA_REMOVE_RETRY_S)
         app_data_remove.apply_async(
             kwargs={"app_name": app_name, "build_ids": ids, "attempt": attempt + 1},
             countdown=DATA_REMOVE_RETRY_S)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -12,6 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import redis
 from django.conf import settings
 
 from builder.buildpack import BuildRequest, build, default_cache_dir
@@ -29,8 +31,9 @@ from builder.image import assemble_image
 from builder.source import checkout
 from controlplane.env import ConfigError, data_dir, env_int, env_str
 from core.actions import build_create, build_finish
+from core.appdata import build_cancel_key
 from core.errors import ActionError
-from core.models import App
+from core.models import App, Build
 from gitserver.buildlog import BuildLogStream
 from runtime.client import DaemonClient, DaemonError, runtime_root
 from runtime.images import ImageError, ImageStore
@@ -39,6 +42,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_STACK = "stack:debian-13"
 DEFAULT_CA_CERTS = "/etc/ssl/certs"
+CANCEL_POLL_S = 0.5
+APP_DESTROYED = "The app was destroyed; the build was cancelled."
 
 
 class ClientGone(Exception):
@@ -97,6 +102,43 @@ class CancellableExecutor:
         finally:
             done.set()
             watcher.join()
+
+
+class DestroyWatch:
+    """Set `cancelled` once `paas:build-cancel:<build id>` appears: the app has been destroyed.
+
+    The destroy's clean-up (`core.app_data_remove`) sets that key while the build holds the
+    app's cache; one EXISTS every half second is all a build pays. An unreachable Redis only
+    means the build is not cancelled early (the clean-up then waits for its end).
+    """
+
+    def __init__(self, build_id: int, redis_url: str, cancelled: threading.Event) -> None:
+        self.destroyed = threading.Event()
+        self._cancelled = cancelled
+        self._key = build_cancel_key(build_id)
+        self._stop = threading.Event()
+        self._redis: redis.Redis[bytes] = redis.Redis.from_url(
+            redis_url, socket_connect_timeout=1, socket_timeout=2)
+        self._thread = threading.Thread(target=self._run, name=f"build-{build_id}-destroy",
+                                        daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.wait(CANCEL_POLL_S):
+                try:
+                    seen = self._redis.exists(self._key)
+                except (redis.RedisError, OSError):
+                    continue
+                if seen:
+                    self.destroyed.set()
+                    self._cancelled.set()
+                    return
+        finally:
+            self._redis.close()
+
+    def close(self) -> None:
+        self._stop.set()
 
 
 def build_executor(app: str, build_id: str, store: ImageStore, stack: str) -> Executor:
@@ -187,6 +229,15 @@ def run_build(*, app: App, user: object, commit: str, repo: Path,
     lines: list[str] = []
     record = build_create(actor=user, app=app, commit=commit)  # type: ignore[arg-type]
     live = BuildLogStream(record.pk, str(settings.REDIS_URL))
+    watch = DestroyWatch(record.pk, str(settings.REDIS_URL), cancelled)
+
+    def destroyed() -> bool:
+        if watch.destroyed.is_set():
+            return True
+        try:
+            return not Build.objects.filter(pk=record.pk).exists()
+        except Exception:  # the database is away: not known to be destroyed
+            return False
 
     def out(line: str) -> None:
         lines.append(line)
@@ -237,10 +288,14 @@ def run_build(*, app: App, user: object, commit: str, repo: Path,
         out(f"       {app.url} deployed")
         return Outcome(True, "")
     except ClientGone:
+        if destroyed():
+            return _app_destroyed(out, app.name, record.pk)
         lines.append(" !     The git client disconnected; the build was cancelled.")
         _fail(user, record, lines)
         raise
     except (BuildError, ImageError, ActionError) as e:
+        if destroyed():
+            return _app_destroyed(out, app.name, record.pk)
         if cancelled.is_set():  # the step failed because it was killed: the client went away
             lines.append(" !     The git client disconnected; the build was cancelled.")
             _fail(user, record, lines)
@@ -249,13 +304,24 @@ def run_build(*, app: App, user: object, commit: str, repo: Path,
         _fail(user, record, lines)
         return Outcome(False, "build failed")
     except Exception:
+        if destroyed():  # e.g. recording the finished build of an app destroyed meanwhile
+            return _app_destroyed(out, app.name, record.pk)
         log.exception("build %s of %s failed unexpectedly", record.pk, app.name)
         _say_failed(out, f"The build failed on the server (build {record.pk}); see its log.")
         _fail(user, record, lines)
         return Outcome(False, "build failed")
     finally:
+        watch.close()
         live.close()
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _app_destroyed(out: Callable[[str], None], app: str, build_id: int) -> Outcome:
+    """End the build of an app destroyed meanwhile: its Build row went with it."""
+    log.info("build %s of %s cancelled: the app was destroyed", build_id, app)
+    with contextlib.suppress(ClientGone):
+        out(f" !     {APP_DESTROYED}")
+    return Outcome(False, "app destroyed")
 
 
 def _say_failed(out: Callable[[str], None], message: str) -> None:

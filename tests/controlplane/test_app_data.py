@@ -11,6 +11,8 @@ import json
 import logging
 import os
 import secrets
+import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,11 +23,14 @@ from builder.buildpack import _locked, default_cache_dir
 from builder.slug import layer_cache_dir
 from controlplane.celery import app as celery_app
 from core import actions, appdata, tasks
-from core.models import App
+from core.models import App, Build
+from gitserver.deploy import APP_DESTROYED, run_build
 from gitserver.repos import PushLock, open_repo, repo_path
 from router.metrics import logs_key, metrics_key
 from runtime.agent.oneoff import run_stream
 from runtime.agent.reports import RUNTIME_METRICS_KEY
+from runtime.images import ImageStore
+from runtime.tinyimage import build_tiny_image
 from scheduler import oneoff
 from scheduler.reconcile import READINESS_KEY
 
@@ -230,3 +235,56 @@ def test_it_tells_apart_apps_whose_names_share_a_prefix(data, r) -> None:
 def test_it_refuses_anything_but_an_app_name(data, r, bad) -> None:
     with pytest.raises(ValueError, match="not an app name"):
         appdata.remove_app_data(data, r, bad)
+
+
+def _commit(tmp_path: Path, files: dict[str, str]) -> tuple[Path, str]:
+    """A real git repository with one commit of `files`: its git dir and the commit."""
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": "/nonexistent",
+           "GIT_CONFIG_NOSYSTEM": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}
+    work = tmp_path / "src"
+    work.mkdir()
+    for name, text in files.items():
+        (work / name).write_text(text)
+    for args in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-q", "-m", "c"]):
+        subprocess.run(["git", *args], cwd=work, env=env, check=True)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=work, env=env, check=True,
+                          capture_output=True, text=True).stdout.strip()
+    return work / ".git", head
+
+
+def test_it_stops_the_running_build_of_a_destroyed_app_and_then_removes_its_cache(
+        acme, data, r, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("PAAS_RUNTIME_DIR", str(tmp_path / "runtime"))
+    monkeypatch.setenv("PAAS_BUILD_STACK", "tiny")
+    build_tiny_image(ImageStore(tmp_path / "runtime" / "images"))
+    app = actions.app_create(actor=acme.owner, name=_name("mid"), team=acme.team)
+    name = app.name
+    repo, commit = _commit(tmp_path, {"Procfile": "web: httpd -f -p $PORT\n"})
+    cancelled = threading.Event()
+    said: list[str] = []
+    build_ids: list[int] = []
+    seen: list[bool] = []
+
+    def say(line: str) -> None:
+        said.append(line)
+        if "Procfile app detected" in line:  # the build holds the app's cache now
+            build_ids.append(Build.objects.get(app=app).pk)
+            actions.app_destroy(actor=acme.owner, app=app)
+            tasks.app_data_remove.run(app_name=name, build_ids=build_ids)
+            # (what `say` raises would end the build: note what was seen, check it after)
+            seen.append(default_cache_dir(name, data).exists())  # not removed under the build
+            seen.append(cancelled.wait(10))  # the build saw that its app was destroyed
+
+    outcome = run_build(app=app, user=acme.owner, commit=commit, repo=repo, say=say,
+                        cancelled=cancelled)
+
+    assert seen == [True, True]
+    assert not outcome.ok and outcome.reason == "app destroyed"
+    assert said[-1] == f" !     {APP_DESTROYED}"
+    assert not any("Released" in line for line in said)
+    assert {"app_name": name, "build_ids": build_ids, "attempt": 1} in _messages(r, "core.app_data_remove")
+    tasks.app_data_remove.run(app_name=name, build_ids=build_ids, attempt=1)
+    assert not os.path.lexists(default_cache_dir(name, data))
+    assert [p.name for p in (data / "builds").iterdir()] == []
+    assert not r.exists(appdata.build_cancel_key(build_ids[0]))
