@@ -13,6 +13,9 @@ Redis keys besides the agent's stream:
     paas:oneoffs:<app>                 sorted set: the app's one-offs by the time after which
                                        they are no longer expected to run (a heartbeat listing
                                        one of them does not make ingestion stop it as unknown)
+    paas:scheduler:oneoffs             sorted set: every app's one-offs, scored the same way;
+                                       placement counts their memory and CPU on their hosts
+                                       until their exit entry is written
     paas:oneoff:counter:<app>          the last `run.N` number
     paas:release-phase:<app>:<release row id>   hash: state (running, succeeded, failed),
                                        id, reason, log; kept a week
@@ -45,7 +48,7 @@ from runtime.agent.oneoff import RUN_TTL_S, STOP_GRACE_S, TIMEOUT_LABEL, run_str
 from runtime.spec import ContainerSpec, SpecError
 from scheduler import applog, dispatch
 from scheduler.conf import SchedulerSettings
-from scheduler.placement import Request, place
+from scheduler.placement import Request, Reservation, place
 from scheduler.planner import Plan
 
 log = logging.getLogger(__name__)
@@ -55,6 +58,7 @@ RELEASE = "release"
 ONEOFF_TYPES = frozenset({RUN, RELEASE})
 META_KEY = "paas:oneoff:{id}"
 ACTIVE_KEY = "paas:oneoffs:{app}"
+PLACED_KEY = "paas:scheduler:oneoffs"
 COUNTER_KEY = "paas:oneoff:counter:{app}"
 PHASE_KEY = "paas:release-phase:{app}:{release_id}"
 PHASE_TTL_S = 7 * 24 * 3600
@@ -94,6 +98,8 @@ class OneOff:
     command: list[str]
     created_at: float
     deadline: float  # its time limit: the agent stops it then
+    memory_mb: int = 512  # what it holds on its host (a run recorded without a size: basic)
+    cpu: float = 1.0
 
     @property
     def name(self) -> str:
@@ -107,7 +113,8 @@ class OneOff:
         d = json.loads(raw)
         return cls(id=d["id"], app=d["app"], type=d["type"], number=int(d["number"]),
                    host=d["host"], release=int(d["release"]), command=list(d["command"]),
-                   created_at=float(d["created_at"]), deadline=float(d["deadline"]))
+                   created_at=float(d["created_at"]), deadline=float(d["deadline"]),
+                   memory_mb=int(d.get("memory_mb", 512)), cpu=float(d.get("cpu", 1.0)))
 
 
 def command_argv(command: object) -> list[str]:
@@ -178,10 +185,13 @@ def start(app: App, command: object, *, release: Release | None = None, kind: st
         raise Invalid(f"The one-off cannot be run: {e}.") from None
     now = time.time()
     run = OneOff(id=cid, app=app.name, type=kind, number=number, host=where.host,
-                 release=release.version, command=argv, created_at=now, deadline=now + limit)
+                 release=release.version, command=argv, created_at=now, deadline=now + limit,
+                 memory_mb=memory_mb, cpu=cpu)
     pipe = r.pipeline()
     pipe.set(META_KEY.format(id=cid), json.dumps(asdict(run)), ex=int(limit + STOP_GRACE_S) + RUN_TTL_S)
-    pipe.zadd(ACTIVE_KEY.format(app=app.name), {cid: run.deadline + STOP_GRACE_S + LOST_AFTER_S})
+    expected_until = run.deadline + STOP_GRACE_S + LOST_AFTER_S
+    pipe.zadd(ACTIVE_KEY.format(app=app.name), {cid: expected_until})
+    pipe.zadd(PLACED_KEY, {cid: expected_until})
     pipe.execute()
     dispatch.current.oneoff(where.host, spec, float(limit))
     shown = " ".join(argv[2:3] if argv[:2] == ["/bin/sh", "-c"] else argv)
@@ -244,6 +254,37 @@ def running(app: App) -> list[OneOff]:
             continue
         out.append(OneOff.from_json(raw))
     return sorted(out, key=lambda o: (o.type, o.number))
+
+
+def reservations(r: redis.Redis[bytes] | None = None, now: float | None = None) -> list[Reservation]:
+    """What every app's running one-offs hold on their hosts, for placement.
+
+    A one-off counts from its start until its exit entry, or until it is no longer expected
+    (its time limit, the stop grace and `LOST_AFTER_S` past); the ended ones are forgotten here.
+    """
+    r = r or _redis()
+    now = time.time() if now is None else now
+    r.zremrangebyscore(PLACED_KEY, "-inf", now)
+    ids = [raw.decode() for raw in r.zrange(PLACED_KEY, 0, -1)]
+    if not ids:
+        return []
+    pipe = r.pipeline(transaction=False)
+    for cid in ids:
+        pipe.get(META_KEY.format(id=cid))
+        pipe.xrevrange(run_stream(cid), count=1)
+    answers = pipe.execute()
+    out: list[Reservation] = []
+    ended: list[str] = []
+    for i, cid in enumerate(ids):
+        raw, last = answers[2 * i], answers[2 * i + 1]
+        if raw is None or (last and b"exit" in last[0][1]):
+            ended.append(cid)
+            continue
+        run = OneOff.from_json(raw)
+        out.append(Reservation(run.host, run.memory_mb, run.cpu))
+    if ended:
+        r.zrem(PLACED_KEY, *ended)
+    return out
 
 
 def _decode(fields: dict[bytes, bytes]) -> dict[str, Any]:

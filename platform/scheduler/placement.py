@@ -4,7 +4,8 @@
 request's constraints name, enough free memory and CPU after what is already reserved and what
 this call has placed so far), then scores the ones left: fewest replicas of the same app first
 (spread), then least allocated (the mean of the reserved memory and CPU fractions), then the
-host name, so the outcome is deterministic.
+host name, so the outcome is deterministic. What runs without a Container row (one-offs) is
+added to the hosts' reservations with `with_reservations` first.
 
 Two ways to find the best host give the same answer, and the cheaper one is chosen per group of
 identical requests:
@@ -21,8 +22,8 @@ identical requests:
 from __future__ import annotations
 
 import heapq
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 
 READY = "ready"
 
@@ -49,6 +50,32 @@ class Request:
     memory_mb: int
     cpu: float
     constraints: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """Room something already running holds on a host, outside the hosts' own reservations
+    (a one-off: it has no Container row)."""
+
+    host: str
+    memory_mb: int
+    cpu: float
+
+
+def with_reservations(hosts: Sequence[HostCapacity], extra: Iterable[Reservation]) -> list[HostCapacity]:
+    """The hosts with `extra` added to what they reserve; reservations on unknown hosts count
+    nowhere."""
+    added: dict[str, tuple[int, float]] = {}
+    for x in extra:
+        mem, cpu = added.get(x.host, (0, 0.0))
+        added[x.host] = (mem + x.memory_mb, cpu + x.cpu)
+    out: list[HostCapacity] = []
+    for h in hosts:
+        if h.name in added:
+            mem, cpu = added[h.name]
+            h = replace(h, memory_reserved_mb=h.memory_reserved_mb + mem, cpu_reserved=h.cpu_reserved + cpu)
+        out.append(h)
+    return out
 
 
 @dataclass(frozen=True, slots=True)

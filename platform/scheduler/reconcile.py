@@ -47,7 +47,7 @@ from router.table import (
 from runtime.spec import ContainerSpec, SpecError
 from scheduler import applog, dispatch, oneoff
 from scheduler.conf import SchedulerSettings
-from scheduler.placement import HostCapacity
+from scheduler.placement import HostCapacity, with_reservations
 from scheduler.planner import (
     CRASHING_RESTARTS,
     GONE,
@@ -460,7 +460,8 @@ def _update_release_status(release: Release, p: Plan, rows: list[Container]) -> 
 
 
 def _host_capacities(cpu_overcommit: int) -> list[HostCapacity]:
-    """Every host with what the live containers recorded on it reserve (their formation's size).
+    """Every host with what the live containers recorded on it reserve (their formation's size)
+    and what the one-offs running on it hold (their own size).
 
     A formation's `cpu` is a share (a cgroup weight: 1.0 is one core's fair share under
     contention), so a host offers `cpu_overcommit` shares per core; memory is never overcommitted.
@@ -476,7 +477,7 @@ def _host_capacities(cpu_overcommit: int) -> list[HostCapacity]:
         mem, cpu = sizes.get((c["app_id"], c["type"]), (0, 0.0))
         m, u = reserved.get(c["host_id"], (0, 0.0))
         reserved[c["host_id"]] = (m + mem, u + cpu)
-    return [
+    hosts = [
         HostCapacity(
             name=h.name, state=h.state, memory_mb=h.memory_mb, cpus=float(h.cpus * cpu_overcommit),
             memory_reserved_mb=reserved.get(h.pk, (0, 0.0))[0],
@@ -484,6 +485,7 @@ def _host_capacities(cpu_overcommit: int) -> list[HostCapacity]:
         )
         for h in Host.objects.all()
     ]
+    return with_reservations(hosts, oneoff.reservations())
 
 
 def _spec(conf: SchedulerSettings, app: App, release: Release, build: Build, f: Formation,

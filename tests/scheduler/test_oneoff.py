@@ -18,6 +18,7 @@ from core.models import AuditEvent, Host, HostState, Role
 from runtime.agent.oneoff import run_stream
 from scheduler import ingest as ingest_mod
 from scheduler import oneoff
+from tests.scheduler.conftest import scale
 from tests.scheduler.fakes import RecordingDispatcher
 
 pytestmark = pytest.mark.django_db
@@ -182,3 +183,20 @@ def test_a_quiet_run_gets_keepalives_until_its_exit(app, hosts, member, agents, 
         timer.cancel()
     assert got[0] == {"state": "running"} and got[-1]["exit"] == 0
     assert {} in got[1:-1] and all(e == {} for e in got[1:-1])
+
+
+def test_a_running_one_off_takes_room_from_its_host_until_it_exits(
+        app, staff, member, agents: RecordingDispatcher, run, r: redis.Redis) -> None:
+    actions.host_register(actor=staff, name=f"one-{app.name}", address="10.9.9.1", memory_mb=2048, cpus=4)
+    client = api(member)
+    one_off = start(client, app, ["sleep", "100"], size="1G").json()
+    assert one_off["memory_mb"] == 1024
+    second = start(client, app, ["sleep", "100"], size="2G")
+    assert second.status_code == 409 and "no ready host has room" in second.json()["error"]["message"]
+    scale(member, app, web=3)  # 3 x 512 MB: two fit beside the one-off's 1 GB on 2 GB
+    out = run(app)
+    assert len(out.started) == 2 and "no ready host has room" in out.plan.unplaced[0]
+    r.xadd(run_stream(one_off["id"]), {"exit": "0", "message": "", "time": ""})
+    out = run(app)
+    assert len(out.started) == 1 and not out.plan.unplaced
+    assert one_off["id"] not in {m.decode() for m in r.zrange(oneoff.PLACED_KEY, 0, -1)}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from scheduler.placement import HostCapacity, Request, place
+from scheduler.placement import HostCapacity, Request, Reservation, place, with_reservations
 
 
 def host(name: str, *, state: str = "ready", mem: int = 4096, cpus: float = 4, used_mem: int = 0,
@@ -101,3 +101,25 @@ def test_it_and_the_planner_import_without_django() -> None:
             "assert not any(m == 'django' or m.startswith('django.') for m in sys.modules if sys.modules[m])")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
+
+
+def test_it_counts_what_a_one_off_holds_on_its_host_like_a_reservation() -> None:
+    hosts = with_reservations([host("a", mem=2048), host("b", mem=2048, used_mem=512)],
+                              [Reservation("a", 1024, 1.0), Reservation("a", 512, 0.5)])
+    assert [(h.memory_reserved_mb, h.cpu_reserved) for h in hosts] == [(1536, 1.5), (512, 0.0)]
+    # Without the one-offs "a" would be the least allocated; with them it has room for one more.
+    got = place([web(app="other")] * 3, hosts)
+    assert [a.host for a in got] == ["b", "a", "b"]
+
+
+def test_it_finds_no_room_where_one_offs_hold_all_the_memory_or_cpu() -> None:
+    by_memory = with_reservations([host("a", mem=1024)], [Reservation("a", 1024, 0.5)])
+    by_cpu = with_reservations([host("a", cpus=1)], [Reservation("a", 64, 1.0)])
+    for hosts in (by_memory, by_cpu):
+        (got,) = place([web(mem=64)], hosts)
+        assert got.host is None and "no ready host has room" in got.reason
+
+
+def test_it_ignores_one_offs_on_hosts_it_does_not_know() -> None:
+    hosts = [host("a")]
+    assert with_reservations(hosts, [Reservation("gone", 4096, 4.0)]) == hosts
