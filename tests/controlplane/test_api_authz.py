@@ -16,6 +16,7 @@ from rest_framework.test import APIClient
 
 from core import actions
 from core.models import Host
+from tests.controlplane import certgen
 
 PERSONAS = ("owner", "admin", "member", "viewer", "stranger", "staff")
 
@@ -48,6 +49,15 @@ def _destroy_apps(acme: Any, app: Any) -> None:
 
 def _add_domain(acme: Any, app: Any) -> None:
     actions.domain_add(actor=acme.owner, app=app, hostname="shop.example.com")
+
+
+SHOP_CERT = certgen.leaf(["shop.example.com"])
+
+
+def _add_certificate(acme: Any, app: Any) -> None:
+    _add_domain(acme, app)
+    actions.cert_set(actor=acme.owner, app=app, hostname="shop.example.com",
+                     chain=SHOP_CERT.pem, key=SHOP_CERT.key_pem)
 
 
 def _newbie(acme: Any, app: Any) -> None:
@@ -126,6 +136,11 @@ CASES = [
     Case("GET", "apps/web1/domains", READ),
     Case("POST", "apps/web1/domains", DEPLOY(201), {"hostname": "www.example.com"}),
     Case("DELETE", "apps/web1/domains/shop.example.com", DEPLOY(204), setup=_add_domain),
+    Case("GET", "apps/web1/domains/shop.example.com/certificate", READ, setup=_add_certificate),
+    Case("PUT", "apps/web1/domains/shop.example.com/certificate", DEPLOY(201),
+         {"chain": SHOP_CERT.pem, "key": SHOP_CERT.key_pem}, setup=_add_domain),
+    Case("DELETE", "apps/web1/domains/shop.example.com/certificate", DEPLOY(204),
+         setup=_add_certificate),
     Case("GET", "apps/web1/events", READ),
     Case("GET", "apps/web1/logs", READ),
     Case("GET", "apps/web1/runs", READ),

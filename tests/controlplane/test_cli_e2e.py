@@ -150,7 +150,7 @@ PEOPLE = {
     "alice": False, "bob": False, "carol": False, "dave": False, "owner": False,
     "stranger": False, "eve": False, "frank": False, "grace": False, "heidi": False,
     "ivan": False, "judy": False, "kim": False, "root": True, "plain": False, "lena": False,
-    "mona": False,
+    "mona": False, "nina": False,
 }
 
 
@@ -335,6 +335,33 @@ def test_it_manages_domains(make_user: Callable[..., User]) -> None:
     assert hostname in heidi.paas("domains", "-a", app).stdout
     heidi.paas("domains:remove", hostname, "-a", app)
     assert heidi.json("domains", "-a", app) == []
+
+
+def test_it_serves_a_domain_with_an_uploaded_certificate(
+    make_user: Callable[..., User], server: Server, tmp_path: Path,
+) -> None:
+    from tests.controlplane import certgen
+
+    nina: User = make_user("nina")
+    app = _unique("tls")
+    nina.paas("create", app)
+    hostname = f"{app}.example.com"
+    nina.paas("domains:add", hostname, "-a", app)
+    made = certgen.leaf([hostname])
+    chain, key = tmp_path / "chain.pem", tmp_path / "key.pem"
+    chain.write_text(made.pem)
+    key.write_text(made.key_pem)
+    out = nina.paas("certs:add", hostname, str(chain), str(key), "-a", app).stdout
+    assert out.startswith(f"Certificate for {hostname} on {app}: {hostname}, expires ")
+    # The server wrote the router's file into its data dir before it answered.
+    router_file = Path(server.env["PAAS_DATA_DIR"]) / "router" / "certs" / f"{hostname}.pem"
+    assert router_file.read_text() == made.pem + made.key_pem
+    assert [c["fingerprint"] for c in nina.json("certs", "-a", app)] == [made.fingerprint]
+    refused = nina.paas("certs:add", hostname, str(key), str(key), "-a", app, ok=False)
+    assert "holds a private key" in refused.stderr
+    nina.paas("certs:remove", hostname, "-a", app)
+    assert not router_file.exists()
+    assert nina.json("certs", "-a", app) == []
 
 
 def test_it_manages_teams_and_members(make_user: Callable[..., User]) -> None:
