@@ -835,6 +835,31 @@ def certs_add(hostname: str, chain_file: str, key_file: str, app: str | None, as
                f"({_days_left(cert.get('not_after'))} days left).")
 
 
+@cli.command("certs:info")
+@click.argument("hostname")
+@app_option
+@json_option
+def certs_info(hostname: str, app: str | None, as_json: bool) -> None:
+    """Show the certificate of one custom domain: names, issuer, validity, fingerprint."""
+    name = resolve_app(app)
+    with session() as api:
+        cert = api.get(f"/apps/{segment(name)}/domains/{segment(hostname)}/certificate")
+    if as_json:
+        output.say(dumps(cert))
+        return
+    output.print_pairs([
+        ("Hostname", output.text(cert.get("hostname"))),
+        ("Names", output.text(cert.get("names"))),
+        ("Subject", output.text(cert.get("subject"))),
+        ("Issuer", output.text(cert.get("issuer"))),
+        ("Valid from", output.when(cert.get("not_before"))),
+        ("Expires", f"{output.when(cert.get('not_after'))} "
+                    f"({_days_left(cert.get('not_after'))} days left)"),
+        ("SHA-256", output.text(cert.get("fingerprint"))),
+        ("Updated", output.when(cert.get("updated_at"))),
+    ])
+
+
 @cli.command("certs:remove")
 @click.argument("hostname")
 @app_option

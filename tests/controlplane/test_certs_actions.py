@@ -223,3 +223,15 @@ def test_it_says_when_the_management_command_cannot_write(acme, web1, www, data_
     blocker.write_text("")
     with pytest.raises(CommandError, match="cannot write certificates to"):
         call_command("certs_write", "--dir", str(blocker / "certs"), stdout=StringIO())
+
+
+def test_it_keeps_a_committed_certificate_and_logs_when_the_file_cannot_be_written(
+    acme, web1, www, data_dir, committed, caplog,
+) -> None:
+    (data_dir / "router").write_text("in the way")  # the certs dir cannot be made
+    made = certgen.leaf(["www.example.com"])
+    with committed():
+        actions.cert_set(actor=acme.member, app=web1, hostname="www.example.com",
+                         chain=made.pem, key=made.key_pem)
+    assert Certificate.objects.get().fingerprint == made.fingerprint
+    assert "could not update the router's certificate file of www.example.com" in caplog.text

@@ -145,11 +145,16 @@ def test_it_adds_lists_and_removes_certificates_from_the_cli(acme, web1, www, pa
     assert header.split() == ["HOSTNAME", "NAMES", "EXPIRES", "DAYS", "LEFT"]
     assert row.split()[0:2] == ["www.example.com", "www.example.com"]
     assert row.split()[-1] in ("89", "90")
+    info = cli("certs:info", "www.example.com", "-a", "web1").out
+    assert f"SHA-256:    {made.fingerprint}\n" in info
+    assert "Names:      www.example.com\n" in info and "Issuer:     CN=www.example.com\n" in info
     as_json = cli("certs", "-a", "web1", "--json")
     assert '"fingerprint": "' + made.fingerprint + '"' in as_json.out
     assert cli("certs:remove", "www.example.com", "-a", "web1").out.strip() == (
         "Removed the certificate of www.example.com from web1.")
     assert not Certificate.objects.exists()
+    gone = cli("certs:info", "www.example.com", "-a", "web1")
+    assert gone.code == 1 and gone.err.strip() == "paas: 'www.example.com' has no certificate."
 
 
 def test_it_shows_the_apis_reason_when_the_cli_upload_is_refused(acme, web1, www, paas, tmp_path) -> None:
