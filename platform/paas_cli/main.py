@@ -725,9 +725,20 @@ def domains(app: str | None, as_json: bool) -> None:
         output.say(dumps(items))
         return
     output.print_table(
-        items, [("hostname", "HOSTNAME"), ("created_at", "ADDED")],
-        empty=f"{name} has no custom domains.", formatters={"created_at": output.when},
+        items, [("hostname", "HOSTNAME"), ("created_at", "ADDED"), ("certificate", "HTTPS")],
+        empty=f"{name} has no custom domains.",
+        formatters={"created_at": output.when, "certificate": _https},
     )
+
+
+def _https(certificate: Any) -> str:
+    """A domain's certificate in one cell: until when, or how to add one."""
+    if not isinstance(certificate, dict):
+        return "no certificate (paas certs:add)"
+    days = _days_left(certificate.get("not_after"))
+    if days == "expired":
+        return f"expired {output.when(certificate.get('not_after'))[:10]}"
+    return f"until {output.when(certificate.get('not_after'))[:10]} ({days} days)"
 
 
 @cli.command("domains:add")

@@ -183,3 +183,17 @@ def test_it_says_which_file_the_cli_cannot_read(acme, web1, www, paas, tmp_path)
     directory = cli("certs:add", "www.example.com", str(tmp_path), key, "-a", "web1")
     assert directory.code == 1 and "Cannot read the certificate chain file" in directory.err
     assert not Certificate.objects.exists()
+
+
+def test_it_shows_in_the_domain_listing_which_domains_have_https(acme, web1, www, paas) -> None:
+    actions.domain_add(actor=acme.member, app=web1, hostname="shop.example.com")
+    made = certgen.leaf(["www.example.com"])
+    actions.cert_set(actor=acme.member, app=web1, hostname="www.example.com", chain=made.pem,
+                     key=made.key_pem)
+    lines = paas.as_user(acme.viewer)("domains", "-a", "web1").out.splitlines()
+    assert lines[0].split() == ["HOSTNAME", "ADDED", "HTTPS"]
+    assert lines[1].split()[0] == "shop.example.com"
+    assert lines[1].endswith("no certificate (paas certs:add)")
+    expires = made.cert.not_valid_after_utc.strftime("%Y-%m-%d")
+    assert lines[2].split()[0] == "www.example.com"
+    assert lines[2].endswith((f"until {expires} (89 days)", f"until {expires} (90 days)"))
