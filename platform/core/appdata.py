@@ -22,10 +22,11 @@ In Redis (keys that do not name the app, such as the agents' streams, are not to
     paas:logs:<app>                          the app's log stream
     paas:metrics:router:<app>[:<minute>]     the router's request counters
     paas:metrics:runtime:<app>:<minute>      the agents' memory and CPU figures
-    paas:scheduler:readiness:<app>           the scheduler's readiness re-check times
+    paas:scheduler:readiness:<app>           the scheduler's readiness records (older versions)
     paas:oneoffs:<app>, paas:oneoff:counter:<app>, paas:oneoff:<app>.<type>.<n>.<hex>,
     paas:run:<app>.<type>.<n>.<hex>, paas:release-phase:<app>:<release id>
-                                             one-offs and release phases
+                                             one-offs and release phases, and the app's
+                                             members of the sorted set paas:scheduler:oneoffs
     paas:build-logs:<build id>               the live logs of the app's builds (ids given)
     paas:build-cancel:<build id>             asks a running build to stop (see below)
 
@@ -64,6 +65,7 @@ _SCRATCH_SUFFIX_RE = re.compile(r"^[a-z0-9_]{8}$")
 _ONEOFF_SUFFIX_RE = re.compile(r"^\.(run|release)\.\d+\.[0-9a-f]{6}$")
 _NUMBER_RE = re.compile(r"^\d+$")
 SCAN_COUNT = 500
+PLACED_ONEOFFS_KEY = "paas:scheduler:oneoffs"  # every app's one-offs, for placement
 BUILD_CANCEL_TTL_S = 3600
 
 
@@ -212,11 +214,17 @@ def redis_keys(client: redis.Redis[bytes], app: str, build_ids: Iterable[int] = 
 
 
 def forget_keys(client: redis.Redis[bytes], app: str, build_ids: Iterable[int] = ()) -> int:
-    """Delete the Redis keys of `app`; returns how many existed."""
+    """Delete the Redis keys of `app`, and its members of the shared one-off set; returns how
+    many keys existed plus how many members went."""
     keys = redis_keys(client, app, build_ids)
     deleted = 0
     for start in range(0, len(keys), SCAN_COUNT):
         deleted += int(client.delete(*keys[start:start + SCAN_COUNT]))
+    members = [m for m, _score in client.zscan_iter(PLACED_ONEOFFS_KEY, match=f"{app}.*",
+                                                     count=SCAN_COUNT)
+               if _ONEOFF_SUFFIX_RE.match(m.decode(errors="replace")[len(app):])]
+    if members:
+        deleted += int(client.zrem(PLACED_ONEOFFS_KEY, *members))
     return deleted
 
 

@@ -32,7 +32,6 @@ from runtime.agent.reports import RUNTIME_METRICS_KEY
 from runtime.images import ImageStore
 from runtime.tinyimage import build_tiny_image
 from scheduler import oneoff
-from scheduler.reconcile import READINESS_KEY
 
 pytestmark = pytest.mark.django_db
 
@@ -92,7 +91,7 @@ def _fill(data: Path, client: redis.Redis[bytes], app: App, build_id: int) -> di
     keys = [
         logs_key(name), metrics_key(name), f"{metrics_key(name)}:29512345",
         RUNTIME_METRICS_KEY.format(app=name, minute=29512345),
-        READINESS_KEY.format(app=name),
+        f"paas:scheduler:readiness:{name}",  # written by older versions
         oneoff.ACTIVE_KEY.format(app=name), oneoff.COUNTER_KEY.format(app=name),
         oneoff.META_KEY.format(id=oneoff_id), run_stream(oneoff_id),
         oneoff.PHASE_KEY.format(app=name, release_id=7),
@@ -100,7 +99,8 @@ def _fill(data: Path, client: redis.Redis[bytes], app: App, build_id: int) -> di
     ]
     for key in keys:
         client.set(key, "1")
-    return {"paths": paths, "keys": keys}
+    client.zadd(oneoff.PLACED_KEY, {oneoff_id: 2e9})
+    return {"paths": paths, "keys": keys, "placed": [oneoff_id]}
 
 
 def test_it_removes_a_destroyed_apps_repository_caches_and_keys(acme, data, r, django_capture_on_commit_callbacks) -> None:
@@ -117,9 +117,13 @@ def test_it_removes_a_destroyed_apps_repository_caches_and_keys(acme, data, r, d
 
     assert [p for p in mine["paths"] if os.path.lexists(p)] == []
     assert [k for k in mine["keys"] if r.exists(k)] == []
+    assert r.zscore(oneoff.PLACED_KEY, mine["placed"][0]) is None
+    assert r.zscore(oneoff.PLACED_KEY, other["placed"][0]) is not None
     assert all(p.exists() for p in other["paths"])
     assert (default_cache_dir(kept.name, data) / "pip" / "wheel.whl").read_bytes() == b"x" * 100
     assert all(r.exists(k) for k in other["keys"])
+    r.zrem(oneoff.PLACED_KEY, other["placed"][0])
+    r.delete(*other["keys"])
 
 
 def test_it_runs_twice_without_complaint(acme, data, r) -> None:
