@@ -396,7 +396,8 @@ class CertificateView(APIView):
         user = _user(request)
         row = authz.app_get(user, app)
         data = _body(request, required=("chain", "key"))
-        had = Certificate.objects.filter(domain__app=row, domain__hostname=hostname.lower()).exists()
+        had = Certificate.objects.filter(
+            domain__app=row, domain__hostname=hostname.strip().lower().rstrip(".")).exists()
         certificate = actions.cert_set(actor=user, app=row, hostname=hostname,
                                        chain=data["chain"], key=data["key"])
         return Response(s.CertificateSerializer(certificate).data, status=200 if had else 201)

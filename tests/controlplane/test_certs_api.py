@@ -46,7 +46,8 @@ def test_it_adds_shows_replaces_and_removes_a_certificate(acme, web1, www) -> No
     assert "PRIVATE" not in added.content.decode() + shown.content.decode()
 
     again = certgen.leaf(["www.example.com"])
-    replaced = call(client, "PUT", PATH + "/", {"chain": again.pem, "key": again.key_pem})
+    replaced = call(client, "PUT", "apps/web1/domains/WWW.Example.com./certificate/",
+                    {"chain": again.pem, "key": again.key_pem})
     assert replaced.status_code == 200 and replaced.json()["fingerprint"] == again.fingerprint
 
     assert call(client, "DELETE", PATH).status_code == 204
