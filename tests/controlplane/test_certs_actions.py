@@ -235,3 +235,14 @@ def test_it_keeps_a_committed_certificate_and_logs_when_the_file_cannot_be_writt
                          chain=made.pem, key=made.key_pem)
     assert Certificate.objects.get().fingerprint == made.fingerprint
     assert "could not update the router's certificate file of www.example.com" in caplog.text
+
+
+def test_it_says_when_the_keys_do_not_decrypt_with_this_secret_key(
+    acme, web1, www, data_dir, committed, settings,
+) -> None:
+    from django.core.management.base import CommandError
+
+    _add(acme, web1, committed)
+    settings.SECRET_KEY = "another-secret-key-than-the-one-the-keys-were-stored-with-0123"
+    with pytest.raises(CommandError, match="do not decrypt with this SECRET_KEY"):
+        call_command("certs_write", stdout=StringIO())

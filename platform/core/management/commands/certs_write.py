@@ -14,6 +14,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from core.actions.certs import certs_dir, router_files_write
+from core.crypto import DecryptionError
 
 
 class Command(BaseCommand):
@@ -30,4 +31,7 @@ class Command(BaseCommand):
         except OSError as exc:
             raise CommandError(f"cannot write certificates to {directory}: "
                                f"{exc.strerror or exc}") from None
+        except DecryptionError:
+            raise CommandError("the stored private keys do not decrypt with this SECRET_KEY: run "
+                               "it with the control plane's PAAS_SECRET_KEY") from None
         self.stdout.write(f"Wrote {len(written)} certificate file(s) to {directory}.")
