@@ -13,9 +13,10 @@ Redis keys besides the agent's stream:
     paas:oneoffs:<app>                 sorted set: the app's one-offs by the time after which
                                        they are no longer expected to run (a heartbeat listing
                                        one of them does not make ingestion stop it as unknown)
-    paas:scheduler:oneoffs             sorted set: every app's one-offs, scored the same way;
-                                       placement counts their memory and CPU on their hosts
-                                       until their exit entry is written
+    paas:scheduler:oneoffs             sorted set: every app's one-offs (JSON: id, host, the
+                                       host's registration time, memory_mb, cpu), scored the
+                                       same way; placement counts their memory and CPU on
+                                       their hosts until their exit entry is written
     paas:oneoff:counter:<app>          the last `run.N` number
     paas:release-phase:<app>:<release row id>   hash: state (running, succeeded, failed),
                                        id, reason, log; kept a week
@@ -35,7 +36,7 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -43,7 +44,7 @@ import redis
 
 from controlplane.env import env_int
 from core.errors import Conflict, Invalid, NotFound
-from core.models import App, Build, BuildStatus, Formation, Release, ReleaseStatus
+from core.models import App, Build, BuildStatus, Formation, Host, Release, ReleaseStatus
 from runtime.agent.oneoff import RUN_TTL_S, STOP_GRACE_S, TIMEOUT_LABEL, run_stream
 from runtime.spec import ContainerSpec, SpecError
 from scheduler import applog, dispatch
@@ -191,7 +192,10 @@ def start(app: App, command: object, *, release: Release | None = None, kind: st
     pipe.set(META_KEY.format(id=cid), json.dumps(asdict(run)), ex=int(limit + STOP_GRACE_S) + RUN_TTL_S)
     expected_until = run.deadline + STOP_GRACE_S + LOST_AFTER_S
     pipe.zadd(ACTIVE_KEY.format(app=app.name), {cid: expected_until})
-    pipe.zadd(PLACED_KEY, {cid: expected_until})
+    registered = Host.objects.filter(name=where.host).values_list("created_at", flat=True).first()
+    placed = {"id": cid, "host": where.host, "memory_mb": memory_mb, "cpu": cpu,
+              "registered": registered.isoformat() if registered else ""}
+    pipe.zadd(PLACED_KEY, {json.dumps(placed, sort_keys=True): expected_until})
     pipe.execute()
     dispatch.current.oneoff(where.host, spec, float(limit))
     shown = " ".join(argv[2:3] if argv[:2] == ["/bin/sh", "-c"] else argv)
@@ -256,32 +260,40 @@ def running(app: App) -> list[OneOff]:
     return sorted(out, key=lambda o: (o.type, o.number))
 
 
-def reservations(r: redis.Redis[bytes] | None = None, now: float | None = None) -> list[Reservation]:
+def reservations(registered: Mapping[str, str], r: redis.Redis[bytes] | None = None,
+                 now: float | None = None) -> list[Reservation]:
     """What every app's running one-offs hold on their hosts, for placement.
 
-    A one-off counts from its start until its exit entry, or until it is no longer expected
-    (its time limit, the stop grace and `LOST_AFTER_S` past); the ended ones are forgotten here.
+    `registered` maps each host's name to when it was registered (`Host.created_at`, ISO): a
+    one-off counts only on the registration it was placed on, never on a host registered again
+    under the same name (or in a new database) while Redis kept the old entries. It counts from
+    its start until its exit entry, or until it is no longer expected (its time limit, the stop
+    grace and `LOST_AFTER_S` past); the ended ones are forgotten here.
     """
     r = r or _redis()
     now = time.time() if now is None else now
     r.zremrangebyscore(PLACED_KEY, "-inf", now)
-    ids = [raw.decode() for raw in r.zrange(PLACED_KEY, 0, -1)]
-    if not ids:
+    members = r.zrange(PLACED_KEY, 0, -1)
+    placed: list[tuple[bytes, dict[str, Any]]] = []
+    for raw in members:
+        try:
+            entry = json.loads(raw)
+        except ValueError:
+            entry = None
+        if isinstance(entry, dict) and registered.get(str(entry.get("host"))) == entry.get("registered"):
+            placed.append((raw, entry))
+    if not placed:
         return []
     pipe = r.pipeline(transaction=False)
-    for cid in ids:
-        pipe.get(META_KEY.format(id=cid))
-        pipe.xrevrange(run_stream(cid), count=1)
-    answers = pipe.execute()
+    for _raw, entry in placed:
+        pipe.xrevrange(run_stream(str(entry.get("id"))), count=1)
     out: list[Reservation] = []
-    ended: list[str] = []
-    for i, cid in enumerate(ids):
-        raw, last = answers[2 * i], answers[2 * i + 1]
-        if raw is None or (last and b"exit" in last[0][1]):
-            ended.append(cid)
+    ended: list[bytes] = []
+    for (raw, entry), last in zip(placed, pipe.execute(), strict=True):
+        if last and b"exit" in last[0][1]:
+            ended.append(raw)
             continue
-        run = OneOff.from_json(raw)
-        out.append(Reservation(run.host, run.memory_mb, run.cpu))
+        out.append(Reservation(str(entry["host"]), int(entry.get("memory_mb", 0)), float(entry.get("cpu", 0.0))))
     if ended:
         r.zrem(PLACED_KEY, *ended)
     return out

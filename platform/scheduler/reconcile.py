@@ -64,8 +64,8 @@ log = logging.getLogger(__name__)
 
 LOCK_KEY = "paas:scheduler:lock:app:{app_id}"
 LOCK_TIMEOUT_S = 120
-# Per app: container id -> the readiness check it was started with (JSON: type, path,
-# timeout_s, and `asked` once the check was sent again).
+# Where older versions kept each container's readiness check (a hash per app, container id ->
+# JSON); now on the Container row. No longer written; an app's leftover goes with its data.
 READINESS_KEY = "paas:scheduler:readiness:{app}"
 # Past its boot timeout, the agent's own verdict (with its message) gets this long to arrive
 # before the control plane decides without it.
@@ -121,12 +121,11 @@ def _reconcile_locked(app_id: int, now: float) -> Outcome:
         rows = list(Container.objects.filter(app=app).select_related("host", "release"))
         # The `release` process type is the release phase's command, never a running process.
         formation = {f.type: f for f in Formation.objects.filter(app=app).exclude(type=oneoff.RELEASE)}
-        started_with = _started_with(app.name, rows)
         checks = Checks()
         if release is not None:
-            checks = _check_readiness(app.name, release, rows, formation, started_with, conf, now)
+            checks = _check_readiness(app.name, release, rows, formation, conf, now)
         if (release is not None and release.status == ReleaseStatus.PENDING
-                and _fail_if_crashed(app, release, rows, started_with)):
+                and _fail_if_crashed(app, release, rows)):
             release, phase_running = oneoff.plan_release(app, _target_release(app), now)
         build = release.build if release is not None else None
         image = build.image_digest if build and build.status == BuildStatus.SUCCEEDED and build.image_digest else None
@@ -171,13 +170,17 @@ def _reconcile_locked(app_id: int, now: float) -> Outcome:
         for s in p.starts:
             assert release is not None and build is not None
             cid = f"{app.name}.{s.type[:16]}.{s.number}.{secrets.token_hex(3)}"
+            check = readiness_check(conf, formation[s.type])
             row = Container.objects.create(
                 id=cid, app=app, release=release, type=s.type, number=s.number,
                 host=hosts[s.host], restarts=s.restarts, last_exit_state=s.last_exit_state,
                 last_exit_code=s.last_exit_code,
+                readiness_type=check["type"] if check else None,
+                readiness_path=check.get("path", "/") if check else None,
+                readiness_timeout_s=check["timeout_s"] if check else None,
             )
             try:
-                spec = _spec(conf, app, release, build, formation[s.type], row)
+                spec = _spec(conf, app, release, build, formation[s.type], row, check)
             except SpecError as e:
                 log.error("container %s of %s cannot be run: %s", cid, app.name, e)
                 Container.objects.filter(id=cid).update(
@@ -185,8 +188,6 @@ def _reconcile_locked(app_id: int, now: float) -> Outcome:
                 continue
             specs.append((s.host, spec))
             out.started.append(cid)
-            if spec.get("readiness"):
-                checks.store[cid] = dict(spec["readiness"])
 
         if release is not None:
             was = release.status
@@ -200,7 +201,6 @@ def _reconcile_locked(app_id: int, now: float) -> Outcome:
         # Gone containers too: the agent removes them; a down host does it when it is back.
         to_stop = [(row.host.name, row.id) for _, row in stops if row.host is not None]
         app_name = app.name
-        checks.forget = sorted(set(started_with) - {c.id for c in rows if c.id not in out.stopped})
         transaction.on_commit(
             lambda: _effects(app_name, app_id, specs, to_stop, conf.stop_timeout_s, checks))
     return out
@@ -208,16 +208,12 @@ def _reconcile_locked(app_id: int, now: float) -> Outcome:
 
 def _effects(app_name: str, app_id: int, specs: list[tuple[str, dict[str, Any]]],
              stops: list[tuple[str, str]], stop_timeout_s: float, checks: Checks) -> None:
-    """After commit: routes first (stopping containers leave them), then what each container was
-    started with, the starts, the readiness checks sent again, and the stops."""
+    """After commit: routes first (stopping containers leave them), then the starts, the
+    readiness checks sent again, and the stops."""
     try:
         routes_sync(app_name, app_id)
     except redis.exceptions.RedisError as e:
         log.warning("could not write the routes of %s (the next run retries): %s", app_name, e)
-    try:
-        _store_started_with(app_name, checks)
-    except redis.exceptions.RedisError as e:
-        log.warning("could not record the readiness checks of %s: %s", app_name, e)
     for host, spec in specs:
         dispatch.current.run(host, spec)
     for host, cid, address, readiness, deadline in checks.asks:
@@ -232,56 +228,23 @@ class Checks:
     """What the readiness bookkeeping of one run decided (see `_check_readiness`)."""
 
     asks: list[tuple[str, str, str, dict[str, Any], float]] = field(default_factory=list)
-    store: dict[str, dict[str, Any]] = field(default_factory=dict)  # container id -> readiness
-    forget: list[str] = field(default_factory=list)  # container ids whose rows are gone
     wake_at: float | None = None  # when a check is due to be sent again, or to time out
 
 
-def _started_with(app_name: str, rows: list[Container]) -> dict[str, dict[str, Any]]:
-    """Container id -> the readiness check it was started with (see `READINESS_KEY`); an empty
-    answer when Redis cannot say (then the formation's values stand in)."""
-    try:
-        raw = redis_client().hgetall(READINESS_KEY.format(app=app_name))
-    except redis.exceptions.RedisError as e:
-        log.warning("could not read the readiness checks of %s: %s", app_name, e)
-        return {}
-    out: dict[str, dict[str, Any]] = {}
-    for k, v in raw.items():
-        try:
-            value = json.loads(v)
-        except ValueError:
-            continue
-        if isinstance(value, dict):
-            out[k.decode(errors="replace")] = value
-    return out
-
-
-def _store_started_with(app_name: str, checks: Checks) -> None:
-    key = READINESS_KEY.format(app=app_name)
-    pipe = redis_client().pipeline(transaction=False)
-    if checks.store:
-        pipe.hset(key, mapping={cid: json.dumps(r, sort_keys=True) for cid, r in checks.store.items()})
-    if checks.forget:
-        pipe.hdel(key, *checks.forget)
-    if checks.store or checks.forget:
-        pipe.execute()
-
-
-def readiness_of(c: Container, f: Formation | None, started_with: dict[str, dict[str, Any]],
-                 default_boot_timeout_s: int) -> dict[str, Any]:
-    """The readiness check `c` was started with (`type`, `path`, `timeout_s`): as recorded when
-    its spec was sent, else (Redis lost it) what its formation asks now."""
-    recorded = started_with.get(c.id)
-    if recorded is not None and isinstance(recorded.get("timeout_s"), (int, float)):
-        return recorded
+def readiness_of(c: Container, f: Formation | None, default_boot_timeout_s: int) -> dict[str, Any]:
+    """The readiness check `c` was started with (`type`, `path`, `timeout_s`), as its row
+    recorded it when its spec was sent; for a row without it (from before these were recorded),
+    what its formation asks now."""
+    if c.readiness_type is not None and c.readiness_timeout_s is not None:
+        return {"type": c.readiness_type, "path": c.readiness_path or "/",
+                "timeout_s": float(c.readiness_timeout_s)}
     path = f.readiness_path if f is not None else ""
     timeout = (f.boot_timeout_s if f is not None else None) or default_boot_timeout_s
-    return {"type": "http" if path else "tcp", "path": path or "/", "timeout_s": timeout}
+    return {"type": "http" if path else "tcp", "path": path or "/", "timeout_s": float(timeout)}
 
 
 def _check_readiness(app_name: str, release: Release, rows: list[Container],
-                     formation: dict[str, Formation], started_with: dict[str, dict[str, Any]],
-                     conf: SchedulerSettings, now: float) -> Checks:
+                     formation: dict[str, Formation], conf: SchedulerSettings, now: float) -> Checks:
     """Web containers of `release` that run but are not ready: past half their boot timeout
     without an answer the agent is asked again (it may have lost its check, say restarted in
     the middle of it); past the whole timeout (and a grace for the agent's own verdict) the
@@ -294,9 +257,9 @@ def _check_readiness(app_name: str, release: Release, rows: list[Container],
     for c in rows:
         if c.release_id != release.pk or c.state != "running":
             continue
-        if c.id not in started_with and c.type != "web":
+        if c.readiness_type is None and c.type != "web":
             continue  # no port and no check: the agent reports it ready once it runs
-        r = readiness_of(c, formation.get(c.type), started_with, conf.boot_timeout_s)
+        r = readiness_of(c, formation.get(c.type), conf.boot_timeout_s)
         timeout = float(r["timeout_s"])
         since = (c.started_at or c.created_at).timestamp()
         give_up = since + timeout + READINESS_GRACE_S
@@ -310,13 +273,14 @@ def _check_readiness(app_name: str, release: Release, rows: list[Container],
             continue
         wake(give_up)
         ask_at = since + timeout / 2
-        if r.get("asked") or c.host is None or not c.address:
+        if c.readiness_asked_at is not None or c.host is None or not c.address:
             continue
         if now < ask_at:
             wake(ask_at)
             continue
         checks.asks.append((c.host.name, c.id, c.address, r, since + timeout))
-        checks.store[c.id] = {**r, "asked": True}
+        c.readiness_asked_at = datetime.fromtimestamp(now, tz=UTC)
+        Container.objects.filter(pk=c.pk).update(readiness_asked_at=c.readiness_asked_at)
     return checks
 
 
@@ -360,8 +324,7 @@ def _supersede_older(app: App, release: Release) -> None:
              status_reason=f"{release.name} replaced it before its roll-out converged")
 
 
-def _fail_if_crashed(app: App, release: Release, rows: list[Container],
-                     started_with: dict[str, dict[str, Any]]) -> bool:
+def _fail_if_crashed(app: App, release: Release, rows: list[Container]) -> bool:
     """A container of a release being rolled out never got ready (its check timed out, or it
     could not be started), or crashed `CRASHING_RESTARTS` times in a row: the release fails with
     the reason and that container's last output, and the last good release goes on serving.
@@ -374,7 +337,7 @@ def _fail_if_crashed(app: App, release: Release, rows: list[Container],
     c = ended[0]
     formation = Formation.objects.filter(app=app, type=c.type).first()
     release.status = ReleaseStatus.FAILED
-    readiness = readiness_of(c, formation, started_with, SchedulerSettings.from_env().boot_timeout_s)
+    readiness = readiness_of(c, formation, SchedulerSettings.from_env().boot_timeout_s)
     release.status_reason = failure_reason(c, formation, readiness)
     release.status_log = "\n".join(last_log_lines(app.name, c))
     release.save(update_fields=["status", "status_reason", "status_log"])
@@ -477,19 +440,31 @@ def _host_capacities(cpu_overcommit: int) -> list[HostCapacity]:
         mem, cpu = sizes.get((c["app_id"], c["type"]), (0, 0.0))
         m, u = reserved.get(c["host_id"], (0, 0.0))
         reserved[c["host_id"]] = (m + mem, u + cpu)
+    rows = list(Host.objects.all())
     hosts = [
         HostCapacity(
             name=h.name, state=h.state, memory_mb=h.memory_mb, cpus=float(h.cpus * cpu_overcommit),
             memory_reserved_mb=reserved.get(h.pk, (0, 0.0))[0],
             cpu_reserved=reserved.get(h.pk, (0, 0.0))[1], labels=dict(h.labels or {}),
         )
-        for h in Host.objects.all()
+        for h in rows
     ]
-    return with_reservations(hosts, oneoff.reservations())
+    return with_reservations(hosts, oneoff.reservations({h.name: h.created_at.isoformat() for h in rows}))
+
+
+def readiness_check(conf: SchedulerSettings, f: Formation) -> dict[str, Any] | None:
+    """The readiness check a new container of `f` is started with: web only (the others have no
+    port; the agent reports them ready once they run)."""
+    if f.type != "web":
+        return None
+    timeout = f.boot_timeout_s or conf.boot_timeout_s
+    if f.readiness_path:
+        return {"type": "http", "path": f.readiness_path, "timeout_s": timeout}
+    return {"type": "tcp", "timeout_s": timeout}
 
 
 def _spec(conf: SchedulerSettings, app: App, release: Release, build: Build, f: Formation,
-          c: Container) -> dict[str, Any]:
+          c: Container, readiness: dict[str, Any] | None) -> dict[str, Any]:
     """The container spec the agent runs, checked by the runtime's own validator."""
     command = build.process_types.get(f.type) if isinstance(build.process_types, dict) else None
     env = dict(release.config)
@@ -509,11 +484,8 @@ def _spec(conf: SchedulerSettings, app: App, release: Release, build: Build, f: 
     if f.type == "web":
         env["PORT"] = str(conf.web_port)
         raw["port"] = conf.web_port
-        timeout = f.boot_timeout_s or conf.boot_timeout_s
-        if f.readiness_path:
-            raw["readiness"] = {"type": "http", "path": f.readiness_path, "timeout_s": timeout}
-        else:
-            raw["readiness"] = {"type": "tcp", "timeout_s": timeout}
+    if readiness is not None:
+        raw["readiness"] = readiness
     return ContainerSpec.from_dict(raw).to_dict()
 
 

@@ -25,7 +25,6 @@ from core.models import App
 from scheduler import applog
 from scheduler.ingest import ingest
 from scheduler.reconcile import (
-    READINESS_KEY,
     reconcile_app,
     redis_client,
     routes_delete,
@@ -52,15 +51,13 @@ def app_reconcile(*, app_id: int) -> None:
 
 @celery_app.task(name="scheduler.app_teardown", ignore_result=True, acks_late=True)  # type: ignore[untyped-decorator]
 def app_teardown(*, app_name: str) -> None:
-    """Take a destroyed app out of the route table and delete its log stream (and what its
-    containers were started with).
+    """Take a destroyed app out of the route table and delete its log stream.
 
     Its Container rows went with the app; each host's next heartbeat then lists containers the
     database no longer knows, and ingestion stops them (see `ingest`).
     """
     routes_delete(app_name)
     applog.forget(app_name)
-    redis_client().delete(READINESS_KEY.format(app=app_name))
 
 
 @celery_app.task(name="scheduler.ingest", ignore_result=True)  # type: ignore[untyped-decorator]

@@ -7,6 +7,7 @@ import json
 import secrets
 import threading
 import time
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -199,4 +200,17 @@ def test_a_running_one_off_takes_room_from_its_host_until_it_exits(
     r.xadd(run_stream(one_off["id"]), {"exit": "0", "message": "", "time": ""})
     out = run(app)
     assert len(out.started) == 1 and not out.plan.unplaced
-    assert one_off["id"] not in {m.decode() for m in r.zrange(oneoff.PLACED_KEY, 0, -1)}
+    assert one_off["id"] not in {json.loads(m)["id"] for m in r.zrange(oneoff.PLACED_KEY, 0, -1)}
+
+
+def test_a_one_off_counts_only_on_the_host_registration_it_was_placed_on(
+        app, staff, member, agents: RecordingDispatcher, run) -> None:
+    """Redis outlived the database (or the host was registered again under its name): the old
+    registration's one-offs hold nothing on the new one."""
+    host, _token = actions.host_register(actor=staff, name=f"one-{app.name}", address="10.9.9.1",
+                                         memory_mb=2048, cpus=4)
+    assert start(api(member), app, ["sleep", "100"], size="2G").status_code == 201
+    scale(member, app, web=1)
+    assert "no ready host has room" in run(app).plan.unplaced[0]
+    Host.objects.filter(pk=host.pk).update(created_at=host.created_at + timedelta(seconds=1))
+    assert len(run(app).started) == 1

@@ -87,4 +87,4 @@ def test_it_settles_a_roll_out_whose_agent_was_killed_during_the_readiness_check
     finally:
         with contextlib.suppress(redis.RedisError):
             route_app_delete(r, app.name)
-            r.delete(f"paas:logs:{app.name}", f"paas:scheduler:readiness:{app.name}")
+            r.delete(f"paas:logs:{app.name}")

@@ -1,8 +1,8 @@
 """Readiness on the control plane's side (real database and redis-server, agents recorded): a
 web container that runs but never hears back from its agent's check is asked about again at half
 its boot timeout and failed past the whole of it, and a failure quotes the check the container
-was started with, whatever the formation says now. Plus the agent's side: a check sent again
-while one still polls the container ends at once."""
+was started with (recorded on its row), whatever the formation says now. Plus the agent's side:
+a check sent again while one still polls the container ends at once."""
 
 from __future__ import annotations
 
@@ -19,22 +19,22 @@ import pytest
 import redis
 
 from core import actions
-from core.models import App, Container, ReleaseStatus
+from core.models import App, Container, Formation, ReleaseStatus
 from runtime.agent.app import make_app
 from runtime.agent.config import AgentSettings
 from runtime.agent.core import CHECK_STALE_S, Agent
 from runtime.agent.reports import Reporter
-from scheduler import dispatch, tasks
-from scheduler.reconcile import READINESS_GRACE_S, READINESS_KEY
-from tests.scheduler.conftest import containers
+from scheduler import dispatch
+from scheduler.reconcile import READINESS_GRACE_S, READINESS_KEY, readiness_of
+from tests.scheduler.conftest import containers, scale
 
 pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
 def checks(r: redis.Redis, app: App) -> Any:
-    yield READINESS_KEY.format(app=app.name)
-    r.delete(READINESS_KEY.format(app=app.name), f"paas:logs:{app.name}")
+    yield
+    r.delete(f"paas:logs:{app.name}")
 
 
 def at(t: float) -> datetime:
@@ -63,6 +63,7 @@ def test_it_asks_the_agent_again_when_a_running_container_has_no_readiness_resul
     assert agents.readies == [(c.host.name, c.id, "10.9.0.7:5000",
                                {"type": "tcp", "path": "/", "timeout_s": 20.0}, t0 + 20)]
     assert out.plan.retry_at == t0 + 20 + READINESS_GRACE_S, "and again when it would time out"
+    assert Container.objects.get(pk=c.pk).readiness_asked_at == at(t0 + 10.5)
     run(app, now=t0 + 12)
     assert len(agents.readies) == 1, "asked once"
     Container.objects.filter(pk=c.pk).update(state="ready", ready_at=at(t0 + 13))
@@ -116,36 +117,55 @@ def test_it_quotes_the_containers_own_timeout_when_its_agent_failed_it(
         "web.1 did not accept connections on $PORT within 20 s")
 
 
-def test_it_falls_back_on_the_formation_when_redis_lost_what_a_container_started_with(
+def test_it_records_the_check_a_container_was_started_with_on_its_row_not_in_redis(
         app, hosts, agents, member, run, checks, r) -> None:
+    set_web(member, app, readiness_path="/healthz", boot_timeout_s=20)
+    scale(member, app, web=1, worker=1)
+    run(app)
+    by_type = {c.type: c for c in containers(app)}
+    web, worker = by_type["web"], by_type["worker"]
+    assert (web.readiness_type, web.readiness_path, web.readiness_timeout_s) == ("http", "/healthz", 20)
+    assert web.readiness_asked_at is None
+    (_host, spec), = [(h, s) for h, s in agents.runs if s["id"] == web.id]
+    assert spec["readiness"] == {"type": "http", "path": "/healthz", "timeout_s": 20.0}
+    assert (worker.readiness_type, worker.readiness_path, worker.readiness_timeout_s) == (None, None, None)
+    assert not r.exists(READINESS_KEY.format(app=app.name))
+    set_web(member, app, readiness_path="", boot_timeout_s=45)
+    now = Formation.objects.get(app=app, type="web")
+    assert readiness_of(web, now, 60) == {"type": "http", "path": "/healthz", "timeout_s": 20.0}
+
+
+def test_it_falls_back_on_the_formation_for_a_container_recorded_without_its_check(
+        app, hosts, agents, member, run, checks) -> None:
+    """A row from before the check was kept on it (its columns NULL after the upgrade)."""
     set_web(member, app, boot_timeout_s=20)
     run(app)
     (c,) = containers(app)
-    r.delete(checks)
+    Container.objects.filter(pk=c.pk).update(readiness_type=None, readiness_path=None,
+                                             readiness_timeout_s=None)
     set_web(member, app, boot_timeout_s=45)
     t0 = c.created_at.timestamp() + 1
     running(c, t0)
+    run(app, now=t0 + 21)
+    assert agents.readies == [], "not asked before half the formation's timeout"
     run(app, now=t0 + 23)
-    assert agents.readies[0][3]["timeout_s"] == 45 and agents.readies[0][4] == t0 + 45
+    assert agents.readies[0][3] == {"type": "tcp", "path": "/", "timeout_s": 45.0}
+    assert agents.readies[0][4] == t0 + 45
 
 
-def test_it_forgets_what_removed_containers_were_started_with(
-        app, hosts, agents, member, run, checks, r) -> None:
+def test_it_fails_a_container_recorded_without_its_check_at_the_formations_timeout(
+        app, hosts, agents, member, run, checks) -> None:
+    set_web(member, app, readiness_path="/up", boot_timeout_s=30)
     run(app)
     (c,) = containers(app)
-    assert r.hkeys(checks) == [c.id.encode()]
-    actions.formation_scale(actor=member, app=app, updates=[{"type": "web", "quantity": 0}])
-    run(app)
-    assert containers(app) == [] and r.hkeys(checks) == []
-    run(_scaled_up(member, app))
-    assert len(r.hkeys(checks)) == 1
-    tasks.app_teardown.run(app_name=app.name)
-    assert not r.exists(checks), "a destroyed app's go with it"
-
-
-def _scaled_up(member: Any, app: App) -> App:
-    actions.formation_scale(actor=member, app=app, updates=[{"type": "web", "quantity": 1}])
-    return app
+    Container.objects.filter(pk=c.pk).update(readiness_type=None, readiness_path=None,
+                                             readiness_timeout_s=None)
+    t0 = c.created_at.timestamp() + 1
+    running(c, t0)
+    run(app, now=t0 + 30 + READINESS_GRACE_S + 1)
+    assert app.current_release().status == ReleaseStatus.FAILED
+    assert app.current_release().status_reason == (
+        "web.1 did not answer GET /up with 2xx or 3xx within 30 s")
 
 
 class _Running:

@@ -15,7 +15,6 @@ import redis
 
 from core.models import Container, ReleaseStatus
 from runtime.agent.logship import MARKER_KEY, LogShipper, LogShipSettings
-from scheduler.reconcile import READINESS_KEY
 from tests.scheduler.conftest import containers
 
 pytestmark = pytest.mark.django_db
@@ -73,5 +72,4 @@ def test_it_keeps_the_old_releases_lines_of_the_same_container_name_out_of_a_fai
         assert {f[b"release"] for _id, f in entries if b"release" in f} == {
             str(old.release.version).encode(), str(v2.version).encode()}
     finally:
-        r.delete(f"paas:logs:{app.name}", MARKER_KEY.format(host=host),
-                 READINESS_KEY.format(app=app.name))
+        r.delete(f"paas:logs:{app.name}", MARKER_KEY.format(host=host))

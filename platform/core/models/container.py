@@ -45,6 +45,14 @@ class Container(models.Model):
     # The host's last heartbeat: resident memory and CPU (% of one core) while it runs.
     memory_bytes = models.BigIntegerField(null=True, blank=True)
     cpu_percent = models.FloatField(null=True, blank=True)
+    # The readiness check its spec was sent with (web containers). NULL: no check, or a row
+    # from before these were recorded; then its formation's current check stands in.
+    readiness_type = models.CharField(max_length=4, null=True, blank=True, help_text="tcp or http")
+    readiness_path = models.CharField(max_length=200, null=True, blank=True)
+    readiness_timeout_s = models.PositiveIntegerField(null=True, blank=True)
+    readiness_asked_at = models.DateTimeField(
+        null=True, blank=True, help_text="When the control plane sent its check to the agent again."
+    )
 
     class Meta:
         ordering = ["app_id", "type", "number"]
