@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import secrets
-import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,6 +31,7 @@ from runtime.agent.reports import RUNTIME_METRICS_KEY
 from runtime.images import ImageStore
 from runtime.tinyimage import build_tiny_image
 from scheduler import oneoff
+from tests.gitserver.gitrepo import one_commit_repo
 
 pytestmark = pytest.mark.django_db
 
@@ -241,22 +241,6 @@ def test_it_refuses_anything_but_an_app_name(data, r, bad) -> None:
         appdata.remove_app_data(data, r, bad)
 
 
-def _commit(tmp_path: Path, files: dict[str, str]) -> tuple[Path, str]:
-    """A real git repository with one commit of `files`: its git dir and the commit."""
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": "/nonexistent",
-           "GIT_CONFIG_NOSYSTEM": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
-           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}
-    work = tmp_path / "src"
-    work.mkdir()
-    for name, text in files.items():
-        (work / name).write_text(text)
-    for args in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-q", "-m", "c"]):
-        subprocess.run(["git", *args], cwd=work, env=env, check=True)
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=work, env=env, check=True,
-                          capture_output=True, text=True).stdout.strip()
-    return work / ".git", head
-
-
 def test_it_stops_the_running_build_of_a_destroyed_app_and_then_removes_its_cache(
         acme, data, r, tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("PAAS_RUNTIME_DIR", str(tmp_path / "runtime"))
@@ -264,7 +248,7 @@ def test_it_stops_the_running_build_of_a_destroyed_app_and_then_removes_its_cach
     build_tiny_image(ImageStore(tmp_path / "runtime" / "images"))
     app = actions.app_create(actor=acme.owner, name=_name("mid"), team=acme.team)
     name = app.name
-    repo, commit = _commit(tmp_path, {"Procfile": "web: httpd -f -p $PORT\n"})
+    repo, commit = one_commit_repo(tmp_path, {"Procfile": "web: httpd -f -p $PORT\n"})
     cancelled = threading.Event()
     said: list[str] = []
     build_ids: list[int] = []

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
 import threading
 from pathlib import Path
 from typing import Any
@@ -17,23 +15,7 @@ from core.models import App, Build
 from gitserver.deploy import CancellableExecutor, ClientGone, run_build
 from runtime.images import ImageStore
 from runtime.tinyimage import build_tiny_image
-
-GIT_ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": "/nonexistent",
-           "GIT_CONFIG_NOSYSTEM": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
-           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}
-
-
-def _repo(tmp_path: Path, files: dict[str, str]) -> tuple[Path, str]:
-    """A repository with one commit of `files`; return its git dir and the commit."""
-    work = tmp_path / "src"
-    work.mkdir()
-    for name, text in files.items():
-        (work / name).write_text(text)
-    for args in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-q", "-m", "c"]):
-        subprocess.run(["git", *args], cwd=work, env=GIT_ENV, check=True)
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=work, env=GIT_ENV, check=True,
-                          capture_output=True, text=True).stdout.strip()
-    return work / ".git", head
+from tests.gitserver.gitrepo import one_commit_repo
 
 
 @pytest.fixture
@@ -49,7 +31,7 @@ def pushed(db: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[A
 
 def test_it_records_a_good_build_and_its_release(pushed: tuple[Any, App], tmp_path: Path) -> None:
     user, app = pushed
-    repo, commit = _repo(tmp_path, {"Procfile": "web: httpd -f -p $PORT\n"})
+    repo, commit = one_commit_repo(tmp_path, {"Procfile": "web: httpd -f -p $PORT\n"})
     said: list[str] = []
 
     outcome = run_build(app=app, user=user, commit=commit, repo=repo, say=said.append)
@@ -69,7 +51,7 @@ def test_it_names_the_missing_stack_and_records_the_failure(
 ) -> None:
     user, app = pushed
     monkeypatch.setenv("PAAS_BUILD_STACK", "stack:debian-13")
-    repo, commit = _repo(tmp_path, {"Procfile": "web: httpd -f -p $PORT\n"})
+    repo, commit = one_commit_repo(tmp_path, {"Procfile": "web: httpd -f -p $PORT\n"})
     said: list[str] = []
 
     outcome = run_build(app=app, user=user, commit=commit, repo=repo, say=said.append)
@@ -86,7 +68,7 @@ def test_it_stops_at_the_next_step_once_the_client_is_gone(
     pushed: tuple[Any, App], tmp_path: Path,
 ) -> None:
     user, app = pushed
-    repo, commit = _repo(tmp_path, {"Procfile": "web: sleep 1\n"})
+    repo, commit = one_commit_repo(tmp_path, {"Procfile": "web: sleep 1\n"})
     cancelled = threading.Event()
     said: list[str] = []
 
