@@ -13,10 +13,10 @@ Redis keys besides the agent's stream:
     paas:oneoffs:<app>                 sorted set: the app's one-offs by the time after which
                                        they are no longer expected to run (a heartbeat listing
                                        one of them does not make ingestion stop it as unknown)
-    paas:scheduler:oneoffs             sorted set: every app's one-offs (JSON: id, host, the
-                                       host's registration time, memory_mb, cpu), scored the
-                                       same way; placement counts their memory and CPU on
-                                       their hosts until their exit entry is written
+    paas:scheduler:oneoffs             sorted set: every app's one-offs, scored the same way;
+                                       placement counts their memory and CPU (from
+                                       `paas:oneoff:<id>`) on their hosts until their exit
+                                       entry is written
     paas:oneoff:counter:<app>          the last `run.N` number
     paas:release-phase:<app>:<release row id>   hash: state (running, succeeded, failed),
                                        id, reason, log; kept a week
@@ -101,13 +101,16 @@ class OneOff:
     deadline: float  # its time limit: the agent stops it then
     memory_mb: int = 512  # what it holds on its host (a run recorded without a size: basic)
     cpu: float = 1.0
+    host_registered: str = ""  # when its host was registered (ISO): the registration it is on
 
     @property
     def name(self) -> str:
         return f"{self.type}.{self.number}"
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "name": self.name}
+        d = {**asdict(self), "name": self.name}
+        del d["host_registered"]  # placement's bookkeeping, not part of the API
+        return d
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> OneOff:
@@ -115,7 +118,8 @@ class OneOff:
         return cls(id=d["id"], app=d["app"], type=d["type"], number=int(d["number"]),
                    host=d["host"], release=int(d["release"]), command=list(d["command"]),
                    created_at=float(d["created_at"]), deadline=float(d["deadline"]),
-                   memory_mb=int(d.get("memory_mb", 512)), cpu=float(d.get("cpu", 1.0)))
+                   memory_mb=int(d.get("memory_mb", 512)), cpu=float(d.get("cpu", 1.0)),
+                   host_registered=str(d.get("host_registered", "")))
 
 
 def command_argv(command: object) -> list[str]:
@@ -185,17 +189,16 @@ def start(app: App, command: object, *, release: Release | None = None, kind: st
     except SpecError as e:
         raise Invalid(f"The one-off cannot be run: {e}.") from None
     now = time.time()
+    registered = Host.objects.filter(name=where.host).values_list("created_at", flat=True).first()
     run = OneOff(id=cid, app=app.name, type=kind, number=number, host=where.host,
                  release=release.version, command=argv, created_at=now, deadline=now + limit,
-                 memory_mb=memory_mb, cpu=cpu)
+                 memory_mb=memory_mb, cpu=cpu,
+                 host_registered=registered.isoformat() if registered is not None else "")
     pipe = r.pipeline()
     pipe.set(META_KEY.format(id=cid), json.dumps(asdict(run)), ex=int(limit + STOP_GRACE_S) + RUN_TTL_S)
     expected_until = run.deadline + STOP_GRACE_S + LOST_AFTER_S
     pipe.zadd(ACTIVE_KEY.format(app=app.name), {cid: expected_until})
-    registered = Host.objects.filter(name=where.host).values_list("created_at", flat=True).first()
-    placed = {"id": cid, "host": where.host, "memory_mb": memory_mb, "cpu": cpu,
-              "registered": registered.isoformat() if registered else ""}
-    pipe.zadd(PLACED_KEY, {json.dumps(placed, sort_keys=True): expected_until})
+    pipe.zadd(PLACED_KEY, {cid: expected_until})
     pipe.execute()
     dispatch.current.oneoff(where.host, spec, float(limit))
     shown = " ".join(argv[2:3] if argv[:2] == ["/bin/sh", "-c"] else argv)
@@ -273,27 +276,24 @@ def reservations(registered: Mapping[str, str], r: redis.Redis[bytes] | None = N
     r = r or _redis()
     now = time.time() if now is None else now
     r.zremrangebyscore(PLACED_KEY, "-inf", now)
-    members = r.zrange(PLACED_KEY, 0, -1)
-    placed: list[tuple[bytes, dict[str, Any]]] = []
-    for raw in members:
-        try:
-            entry = json.loads(raw)
-        except ValueError:
-            entry = None
-        if isinstance(entry, dict) and registered.get(str(entry.get("host"))) == entry.get("registered"):
-            placed.append((raw, entry))
-    if not placed:
+    ids = [raw.decode() for raw in r.zrange(PLACED_KEY, 0, -1)]
+    if not ids:
         return []
     pipe = r.pipeline(transaction=False)
-    for _raw, entry in placed:
-        pipe.xrevrange(run_stream(str(entry.get("id"))), count=1)
+    for cid in ids:
+        pipe.get(META_KEY.format(id=cid))
+        pipe.xrevrange(run_stream(cid), count=1)
+    answers = pipe.execute()
     out: list[Reservation] = []
-    ended: list[bytes] = []
-    for (raw, entry), last in zip(placed, pipe.execute(), strict=True):
-        if last and b"exit" in last[0][1]:
-            ended.append(raw)
+    ended: list[str] = []
+    for i, cid in enumerate(ids):
+        raw, last = answers[2 * i], answers[2 * i + 1]
+        if raw is None or (last and b"exit" in last[0][1]):
+            ended.append(cid)
             continue
-        out.append(Reservation(str(entry["host"]), int(entry.get("memory_mb", 0)), float(entry.get("cpu", 0.0))))
+        run = OneOff.from_json(raw)
+        if run.host_registered and registered.get(run.host) == run.host_registered:
+            out.append(Reservation(run.host, run.memory_mb, run.cpu))
     if ended:
         r.zrem(PLACED_KEY, *ended)
     return out
