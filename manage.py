@@ -16,7 +16,13 @@ def main() -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "controlplane.settings")
     from django.core.management import execute_from_command_line
 
-    execute_from_command_line(sys.argv)
+    from controlplane.env import ConfigError
+
+    try:
+        execute_from_command_line(sys.argv)
+    except ConfigError as error:  # a setting the operator gave: say which and stop, no traceback
+        sys.stderr.write(f"paas: configuration error: {error}\n")
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -15,4 +15,10 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "controlplane.settings")
 
 from django.core.wsgi import get_wsgi_application  # noqa: E402
 
-application = get_wsgi_application()
+from controlplane.env import ConfigError  # noqa: E402
+
+try:
+    application = get_wsgi_application()
+except ConfigError as error:  # a setting the operator gave: say which and stop, no traceback
+    sys.stderr.write(f"paas: configuration error: {error}\n")
+    raise SystemExit(2) from None
