@@ -117,12 +117,20 @@ def config_value(key: str, value: object) -> str:
 
 
 def hostname(value: object) -> str:
-    msg = "Hostname must be a DNS name like 'www.example.com' (lowercase, at least two labels)."
+    """A custom domain: a DNS name of two labels or more, or a wildcard `*.` before one.
+
+    The router sends a wildcard (`*.example.com`) every name under it that no more specific
+    domain claims (not `example.com` itself); a certificate for it covers one label, as TLS
+    clients read wildcards. `*.com` is refused.
+    """
+    msg = ("Hostname must be a DNS name like 'www.example.com' (lowercase, at least two labels), "
+           "or a wildcard like '*.example.com'.")
     if not isinstance(value, str):
         raise invalid_field("hostname", msg)
     value = value.strip().lower().rstrip(".")
     labels = value.split(".")
-    if len(value) > 253 or len(labels) < 2 or not all(_LABEL_RE.match(lb) for lb in labels):
+    named = labels[1:] if labels[0] == "*" else labels
+    if len(value) > 253 or len(named) < 2 or not all(_LABEL_RE.match(lb) for lb in named):
         raise invalid_field("hostname", msg)
     if labels[-1].isdigit():
         raise invalid_field("hostname", msg)

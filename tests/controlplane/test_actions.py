@@ -266,7 +266,15 @@ def test_it_adds_and_removes_a_domain(acme, web1) -> None:
     assert [e.action for e in AuditEvent.objects.filter(app=web1)][:2] == ["domain.remove", "domain.add"]
 
 
-@pytest.mark.parametrize("hostname", ["localhost", "x.localhost", "nodots", "-a.com", "a..com", "1.2.3.4", 7])
+def test_it_adds_a_wildcard_domain_for_one_label(acme, web1) -> None:
+    domain = actions.domain_add(actor=acme.member, app=web1, hostname="*.Shop.example.com")
+    assert domain.hostname == "*.shop.example.com"
+    actions.domain_remove(actor=acme.member, app=web1, hostname="*.shop.example.com")
+    assert not Domain.objects.exists()
+
+
+@pytest.mark.parametrize("hostname", ["localhost", "x.localhost", "nodots", "-a.com", "a..com", "1.2.3.4", 7,
+                                      "*.com", "*", "a.*.com", "**.example.com", "*example.com", "*.*.example.com"])
 def test_it_refuses_bad_hostnames(acme, web1, hostname) -> None:
     with pytest.raises(Invalid):
         actions.domain_add(actor=acme.member, app=web1, hostname=hostname)

@@ -309,6 +309,14 @@ def test_it_refuses_bad_domains(acme, web1, hostname) -> None:
     assert not Domain.objects.exists()
 
 
+def test_it_adds_and_removes_a_wildcard_domain(acme, web1) -> None:
+    client = client_for(acme.member)
+    added = call(client, "POST", "apps/web1/domains", {"hostname": "*.example.com"})
+    assert added.status_code == 201 and added.json()["hostname"] == "*.example.com"
+    assert call(client, "DELETE", "apps/web1/domains/*.example.com").status_code == 204
+    assert not Domain.objects.exists()
+
+
 def test_it_refuses_a_taken_domain_with_409(acme, web1) -> None:
     other = actions.app_create(actor=acme.stranger, name="other")
     actions.domain_add(actor=acme.stranger, app=other, hostname="shop.example.com")

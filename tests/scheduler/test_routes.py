@@ -32,6 +32,14 @@ def test_it_routes_an_apps_custom_domains(app: App, member: Any, r: redis.Redis,
     assert domains_of(r, app) == {hostname}
 
 
+def test_it_routes_a_wildcard_domain_as_the_router_reads_it(app: App, member: Any, r: redis.Redis,
+                                                            hostname: str) -> None:
+    wildcard = "*." + hostname
+    actions.domain_add(actor=member, app=app, hostname=wildcard)
+    routes_sync(app.name, app.pk)
+    assert domains_of(r, app) == {wildcard}  # the router matches `*.` keys itself (tests/router)
+
+
 def test_it_stops_routing_a_removed_domain(app: App, member: Any, r: redis.Redis, hostname: str) -> None:
     actions.domain_add(actor=member, app=app, hostname=hostname)
     routes_sync(app.name, app.pk)
