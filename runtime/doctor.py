@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,6 +91,15 @@ def check_compiler() -> Check:
     return Check("gcc", False, "missing: install gcc to build the container init")
 
 
+def check_network_tools(which: Callable[[str], str | None] = shutil.which) -> Check:
+    """iptables for NAT and the runtime's chains, ebtables for build containers' egress filter."""
+    missing = [tool for tool in ("iptables", "ebtables") if which(tool) is None]
+    if missing:
+        return Check("iptables", False, f"missing {' and '.join(missing)}: install the Debian package iptables "
+                                        "(the daemon does not start without both)")
+    return Check("iptables", True, "iptables and ebtables present: NAT, and build containers' egress filter")
+
+
 def check_root() -> Check:
     if os.geteuid() == 0:
         return Check("root", True, "running as root")
@@ -105,6 +115,7 @@ def checks(proc: Path = Path("/proc"), cgroup_root: Path = cgroups.DEFAULT_ROOT)
         check_userns(proc),
         check_pidfd(),
         check_compiler(),
+        check_network_tools(),
     ]
 
 

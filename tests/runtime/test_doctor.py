@@ -6,7 +6,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from runtime.doctor import check_cgroups, check_overlayfs, check_seccomp, report
+from runtime.doctor import (
+    check_cgroups,
+    check_network_tools,
+    check_overlayfs,
+    check_seccomp,
+    report,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -15,7 +21,7 @@ def test_it_reports_this_hosts_support_in_plain_words() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "runtime", "doctor"], cwd=REPO, capture_output=True, text=True
     )
-    for name in ("cgroups:", "overlayfs:", "seccomp:", "user namespaces:", "pidfd:", "gcc:"):
+    for name in ("cgroups:", "overlayfs:", "seccomp:", "user namespaces:", "pidfd:", "gcc:", "iptables:"):
         assert name in out.stdout
     assert "Traceback" not in out.stderr
 
@@ -46,3 +52,9 @@ def test_it_finds_overlayfs_and_seccomp_where_the_kernel_lists_them(tmp_path: Pa
     (tmp_path / "sys" / "kernel" / "seccomp").mkdir(parents=True)
     (tmp_path / "sys" / "kernel" / "seccomp" / "actions_avail").write_text("kill_process kill_thread trap errno user_notif trace log allow\n")
     assert check_overlayfs(tmp_path).ok and check_seccomp(tmp_path).ok
+
+
+def test_it_names_a_missing_ebtables_which_the_build_egress_filter_needs() -> None:
+    found = check_network_tools(lambda tool: None if tool == "ebtables" else f"/usr/sbin/{tool}")
+    assert not found.ok and found.required and "missing ebtables" in found.detail and "iptables" in found.detail
+    assert check_network_tools(lambda tool: f"/usr/sbin/{tool}").ok
