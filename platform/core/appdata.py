@@ -55,7 +55,10 @@ from pathlib import Path
 
 import redis
 
+from builder.buildpack import default_cache_dir
+from builder.slug import layer_cache_dir
 from core.validators import APP_NAME_RE
+from router.metrics import logs_key, metrics_key
 
 log = logging.getLogger(__name__)
 
@@ -108,11 +111,12 @@ def check_name(app: str) -> str:
 def app_paths(data_dir: Path, app: str) -> list[Path]:
     """Every place on the controller's disk that holds data of `app` (existing or not)."""
     check_name(app)
+    cache = default_cache_dir(app, data_dir)
     paths = [
         data_dir / "repos" / f"{app}.git",
         data_dir / "repos" / f"{app}.push-lock",
-        data_dir / "cache" / app,
-        data_dir / "cache" / f"{app}.layers",
+        cache,
+        layer_cache_dir(cache),
     ]
     builds = data_dir / "builds"
     try:
@@ -144,7 +148,7 @@ def busy(data_dir: Path, app: str) -> bool:
     """Whether a push (its lock spans the build) or a build of `app` is running right now."""
     check_name(app)
     return (_lock_held(data_dir / "repos" / f"{app}.push-lock")
-            or _lock_held(data_dir / "cache" / app / ".lock"))
+            or _lock_held(default_cache_dir(app, data_dir) / ".lock"))
 
 
 def _within(path: Path, root: Path) -> bool:
@@ -192,14 +196,14 @@ def remove_path(path: Path, data_dir: Path) -> bool | None:
 def redis_keys(client: redis.Redis[bytes], app: str, build_ids: Iterable[int] = ()) -> list[bytes]:
     """Every key in Redis that holds data of `app` (see the module's docstring)."""
     check_name(app)
-    exact = [f"paas:logs:{app}", f"paas:metrics:router:{app}", f"paas:scheduler:readiness:{app}",
+    exact = [logs_key(app), metrics_key(app), f"paas:scheduler:readiness:{app}",
              f"paas:oneoffs:{app}", f"paas:oneoff:counter:{app}",
              *(k for b in build_ids for k in (f"paas:build-logs:{int(b)}", build_cancel_key(b)))]
     found = [k.encode() for k in exact]
     # An app name has no glob characters (checked above); each key a pattern finds is checked
     # again against its exact shape.
     families: list[tuple[str, re.Pattern[str]]] = [
-        (f"paas:metrics:router:{app}:", _NUMBER_RE),
+        (f"{metrics_key(app)}:", _NUMBER_RE),
         (f"paas:metrics:runtime:{app}:", _NUMBER_RE),
         (f"paas:release-phase:{app}:", _NUMBER_RE),
         (f"paas:oneoff:{app}", _ONEOFF_SUFFIX_RE),
